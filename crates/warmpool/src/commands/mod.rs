@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod plan;
+
+/// Exit status for usage errors and invalid input (SPEC section 7).
+pub const EXIT_INVALID: u8 = 2;
