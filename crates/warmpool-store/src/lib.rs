@@ -1,0 +1,1 @@
+//! Persistence for warmpool (work in progress).
