@@ -11,6 +11,7 @@ pub mod plan;
 pub mod planner;
 pub mod schedule;
 pub mod snapshot_json;
+pub mod template;
 
 pub use duration::Duration;
 pub use ids::{PresetId, WorkspaceId};
