@@ -9,6 +9,12 @@ use warmpool_core::snapshot_json;
 fn planner(c: &mut Criterion) {
     let snapshot = synthetic_snapshot(10_000, 10);
     let json = snapshot_json::to_json(&snapshot).to_string();
+    eprintln!(
+        "snapshot: {} presets, {} workspaces, {} bytes of JSON",
+        snapshot.presets.len(),
+        snapshot.workspaces.len(),
+        json.len()
+    );
     let mut group = c.benchmark_group("planner_10k_presets_100k_workspaces");
     group.sample_size(20);
     group.bench_function("plan", |b| b.iter(|| warmpool_core::plan(black_box(&snapshot))));
