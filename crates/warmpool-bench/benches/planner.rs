@@ -17,7 +17,9 @@ fn planner(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("planner_10k_presets_100k_workspaces");
     group.sample_size(20);
-    group.bench_function("plan", |b| b.iter(|| warmpool_core::plan(black_box(&snapshot))));
+    group.bench_function("plan", |b| {
+        b.iter(|| warmpool_core::plan(black_box(&snapshot)))
+    });
     group.bench_function("parse_json", |b| {
         b.iter(|| snapshot_json::from_json(black_box(&json)).map(|s| s.workspaces.len()))
     });

@@ -9,8 +9,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use warmpool_core::duration::Duration;
 use warmpool_core::ids::{PresetId, WorkspaceId};
 use warmpool_core::model::{
-    JobStatus, LatestBuild, PlannerConfig, PresetSnapshot, PresetStatus, Settings, Snapshot, Transition,
-    WorkspaceSnapshot,
+    JobStatus, LatestBuild, PlannerConfig, PresetSnapshot, PresetStatus, Settings, Snapshot,
+    Transition, WorkspaceSnapshot,
 };
 use warmpool_core::schedule::{Cron, Schedule, Scheduling};
 
@@ -29,8 +29,8 @@ pub fn synthetic_snapshot(presets: usize, per_preset: usize) -> Snapshot {
     for p in 0..presets {
         let id = PresetId::new(format!("preset-{p:06}"));
         // Every tenth preset is on an inactive version; every fifth has a schedule; every third a TTL.
-        let active = p % 10 != 0;
-        let scheduling = (p % 5 == 0).then(|| {
+        let active = !p.is_multiple_of(10);
+        let scheduling = p.is_multiple_of(5).then(|| {
             let cron = |text: &str| Cron::parse(text).ok();
             let schedules = [("* 8-18 * * 1-5", 12), ("* 9-13 * * 6,0", 4)]
                 .into_iter()
@@ -51,8 +51,8 @@ pub fn synthetic_snapshot(presets: usize, per_preset: usize) -> Snapshot {
             preset: format!("preset-{}", p % 10),
             active,
             instances: Some(per_preset as u32),
-            ttl: (p % 3 == 0).then(|| Duration::from_secs(6 * 3600)),
-            invalidated_at: (p % 7 == 0).then(|| now - TimeDelta::minutes(90)),
+            ttl: p.is_multiple_of(3).then(|| Duration::from_secs(6 * 3600)),
+            invalidated_at: p.is_multiple_of(7).then(|| now - TimeDelta::minutes(90)),
             scheduling: scheduling.flatten(),
             status: PresetStatus::Healthy,
             paused: false,
@@ -69,14 +69,14 @@ pub fn synthetic_snapshot(presets: usize, per_preset: usize) -> Snapshot {
             };
             snapshot.workspaces.push(WorkspaceSnapshot {
                 id: WorkspaceId::new(format!("ws-{n:08}")),
-                owner: if w == per_preset - 1 && p % 4 == 0 {
+                owner: if w == per_preset - 1 && p.is_multiple_of(4) {
                     "alice".to_owned()
                 } else {
                     "prebuilds".to_owned()
                 },
                 preset: id.clone(),
                 created_at,
-                ready: status == JobStatus::Succeeded && n % 50 != 0,
+                ready: status == JobStatus::Succeeded && !n.is_multiple_of(50),
                 latest_build: LatestBuild {
                     number: 1,
                     transition,

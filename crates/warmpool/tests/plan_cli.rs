@@ -28,7 +28,8 @@ fn fixture(name: &str) -> String {
 
 /// The SPEC's example snapshot, as a JSON value to mutate.
 fn spec_input() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("spec-example-input.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture("spec-example-input.json")).unwrap())
+        .unwrap()
 }
 
 #[test]
@@ -37,10 +38,16 @@ fn spec_example_prints_the_spec_output() {
         .args(["plan", "--input", &fixture("spec-example-input.json")])
         .output()
         .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let want: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("spec-example-output.json")).unwrap()).unwrap();
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("spec-example-output.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(got, want);
 }
 
@@ -88,9 +95,16 @@ fn assert_refused(edit: impl FnOnce(&mut Value), path: &str) {
 fn assert_refused_text(input: &str, path: &str) {
     let out = plan_stdin(input.as_bytes());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "input {input}\nstderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "input {input}\nstderr: {stderr}"
+    );
     assert!(out.stdout.is_empty(), "nothing on stdout when refused");
-    assert!(stderr.contains(path), "stderr {stderr:?} should name {path:?}");
+    assert!(
+        stderr.contains(path),
+        "stderr {stderr:?} should name {path:?}"
+    );
     assert_eq!(stderr.lines().count(), 1, "one error only: {stderr:?}");
 }
 
@@ -111,8 +125,14 @@ fn spec_error_example() {
 fn refuses_non_json_and_unreadable_files() {
     assert_refused_text("this is not json", "at line 1 column");
     assert_refused_text("", "EOF");
-    assert_refused_text("{\"now\": \"2025-06-02T03:00:00Z\", \"presets\": [], \"workspaces\": []} trailing", "trailing");
-    let out = warmpool().args(["plan", "--input", "/nonexistent/snapshot.json"]).output().unwrap();
+    assert_refused_text(
+        "{\"now\": \"2025-06-02T03:00:00Z\", \"presets\": [], \"workspaces\": []} trailing",
+        "trailing",
+    );
+    let out = warmpool()
+        .args(["plan", "--input", "/nonexistent/snapshot.json"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/snapshot.json"));
     let dir = warmpool().args(["plan", "--input", "/"]).output().unwrap();
@@ -121,31 +141,78 @@ fn refuses_non_json_and_unreadable_files() {
 
 #[test]
 fn refuses_missing_required_fields() {
-    let cases: [(&dyn Fn(&mut Value), &str); 11] = [
-        (&|v| drop(v.as_object_mut().unwrap().remove("now")), "missing field `now`"),
-        (&|v| drop(v.as_object_mut().unwrap().remove("presets")), "missing field `presets`"),
-        (&|v| drop(v.as_object_mut().unwrap().remove("workspaces")), "missing field `workspaces`"),
-        (&|v| drop(v["presets"][0].as_object_mut().unwrap().remove("id")), "presets[0]: missing field `id`"),
+    type Edit = dyn Fn(&mut Value);
+    let cases: [(&Edit, &str); 11] = [
+        (
+            &|v| drop(v.as_object_mut().unwrap().remove("now")),
+            "missing field `now`",
+        ),
+        (
+            &|v| drop(v.as_object_mut().unwrap().remove("presets")),
+            "missing field `presets`",
+        ),
+        (
+            &|v| drop(v.as_object_mut().unwrap().remove("workspaces")),
+            "missing field `workspaces`",
+        ),
+        (
+            &|v| drop(v["presets"][0].as_object_mut().unwrap().remove("id")),
+            "presets[0]: missing field `id`",
+        ),
         (
             &|v| drop(v["presets"][0].as_object_mut().unwrap().remove("template")),
             "presets[0]: missing field `template`",
         ),
-        (&|v| drop(v["presets"][0].as_object_mut().unwrap().remove("preset")), "presets[0]: missing field `preset`"),
-        (&|v| drop(v["presets"][0].as_object_mut().unwrap().remove("active")), "presets[0]: missing field `active`"),
         (
-            &|v| drop(v["workspaces"][0].as_object_mut().unwrap().remove("created_at")),
+            &|v| drop(v["presets"][0].as_object_mut().unwrap().remove("preset")),
+            "presets[0]: missing field `preset`",
+        ),
+        (
+            &|v| drop(v["presets"][0].as_object_mut().unwrap().remove("active")),
+            "presets[0]: missing field `active`",
+        ),
+        (
+            &|v| {
+                drop(
+                    v["workspaces"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("created_at"),
+                )
+            },
             "workspaces[0]: missing field `created_at`",
         ),
         (
-            &|v| drop(v["workspaces"][0].as_object_mut().unwrap().remove("latest_build")),
+            &|v| {
+                drop(
+                    v["workspaces"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("latest_build"),
+                )
+            },
             "workspaces[0]: missing field `latest_build`",
         ),
         (
-            &|v| drop(v["workspaces"][0]["latest_build"].as_object_mut().unwrap().remove("number")),
+            &|v| {
+                drop(
+                    v["workspaces"][0]["latest_build"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("number"),
+                )
+            },
             "workspaces[0].latest_build: missing field `number`",
         ),
         (
-            &|v| drop(v["workspaces"][0]["latest_build"].as_object_mut().unwrap().remove("transition")),
+            &|v| {
+                drop(
+                    v["workspaces"][0]["latest_build"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("transition"),
+                )
+            },
             "workspaces[0].latest_build: missing field `transition`",
         ),
     ];
@@ -159,9 +226,18 @@ fn refuses_missing_required_fields() {
 #[test]
 fn refuses_unknown_keys_everywhere() {
     assert_refused(|v| v["extra"] = json!(1), "extra: unknown field `extra`");
-    assert_refused(|v| v["config"]["interval"] = json!("30s"), "config.interval: unknown field `interval`");
-    assert_refused(|v| v["settings"]["paused"] = json!(true), "settings.paused: unknown field `paused`");
-    assert_refused(|v| v["presets"][0]["desired"] = json!(1), "presets[0].desired: unknown field `desired`");
+    assert_refused(
+        |v| v["config"]["interval"] = json!("30s"),
+        "config.interval: unknown field `interval`",
+    );
+    assert_refused(
+        |v| v["settings"]["paused"] = json!(true),
+        "settings.paused: unknown field `paused`",
+    );
+    assert_refused(
+        |v| v["presets"][0]["desired"] = json!(1),
+        "presets[0].desired: unknown field `desired`",
+    );
     assert_refused(
         |v| v["presets"][0]["scheduling"]["tz"] = json!("UTC"),
         "presets[0].scheduling.tz: unknown field `tz`",
@@ -174,7 +250,10 @@ fn refuses_unknown_keys_everywhere() {
         |v| v["presets"][0]["creation_failures"]["total"] = json!(0),
         "presets[0].creation_failures.total: unknown field `total`",
     );
-    assert_refused(|v| v["workspaces"][0]["name"] = json!("x"), "workspaces[0].name: unknown field `name`");
+    assert_refused(
+        |v| v["workspaces"][0]["name"] = json!("x"),
+        "workspaces[0].name: unknown field `name`",
+    );
     assert_refused(
         |v| v["workspaces"][0]["latest_build"]["job"] = json!("x"),
         "workspaces[0].latest_build.job: unknown field `job`",
@@ -197,15 +276,30 @@ fn refuses_duplicate_and_unknown_ids() {
         },
         "workspaces[1].id: duplicate workspace id \"w1\"",
     );
-    assert_refused(|v| v["workspaces"][0]["preset"] = json!("p9"), "workspaces[0].preset: unknown preset \"p9\"");
-    assert_refused(|v| v["presets"][0]["id"] = json!(""), "presets[0].id: must not be empty");
-    assert_refused(|v| v["workspaces"][0]["id"] = json!(""), "workspaces[0].id: must not be empty");
+    assert_refused(
+        |v| v["workspaces"][0]["preset"] = json!("p9"),
+        "workspaces[0].preset: unknown preset \"p9\"",
+    );
+    assert_refused(
+        |v| v["presets"][0]["id"] = json!(""),
+        "presets[0].id: must not be empty",
+    );
+    assert_refused(
+        |v| v["workspaces"][0]["id"] = json!(""),
+        "workspaces[0].id: must not be empty",
+    );
 }
 
 #[test]
 fn refuses_negative_and_out_of_range_counts() {
-    assert_refused(|v| v["presets"][0]["instances"] = json!(-1), "presets[0].instances: must not be negative");
-    assert_refused(|v| v["presets"][0]["instances"] = json!(1001), "presets[0].instances: 1001 is out of range 0-1000");
+    assert_refused(
+        |v| v["presets"][0]["instances"] = json!(-1),
+        "presets[0].instances: must not be negative",
+    );
+    assert_refused(
+        |v| v["presets"][0]["instances"] = json!(1001),
+        "presets[0].instances: 1001 is out of range 0-1000",
+    );
     assert_refused(
         |v| v["presets"][0]["scheduling"]["schedules"][0]["instances"] = json!(-5),
         "presets[0].scheduling.schedules[0].instances: must not be negative",
@@ -226,13 +320,19 @@ fn refuses_negative_and_out_of_range_counts() {
         |v| v["workspaces"][0]["latest_build"]["number"] = json!(-1),
         "workspaces[0].latest_build.number: must not be negative",
     );
-    assert_refused(|v| v["presets"][0]["instances"] = json!(1.5), "presets[0].instances: invalid type");
+    assert_refused(
+        |v| v["presets"][0]["instances"] = json!(1.5),
+        "presets[0].instances: invalid type",
+    );
 }
 
 #[test]
 fn refuses_consecutive_failures_without_a_time() {
     assert_refused(
-        |v| v["presets"][0]["creation_failures"] = json!({"consecutive": 2, "last_failure_at": null}),
+        |v| {
+            v["presets"][0]["creation_failures"] =
+                json!({"consecutive": 2, "last_failure_at": null})
+        },
         "presets[0].creation_failures.last_failure_at: required when consecutive > 0",
     );
     assert_refused(
@@ -263,7 +363,14 @@ fn refuses_bad_schedules() {
         "presets[0].scheduling.timezone: unknown time zone \"Mars/Olympus_Mons\"",
     );
     assert_refused(
-        |v| drop(v["presets"][0]["scheduling"].as_object_mut().unwrap().remove("timezone")),
+        |v| {
+            drop(
+                v["presets"][0]["scheduling"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("timezone"),
+            )
+        },
         "presets[0].scheduling.timezone: required when schedules are given",
     );
     assert_refused(
@@ -279,12 +386,27 @@ fn refuses_bad_schedules() {
 
 #[test]
 fn refuses_bad_timestamps_durations_and_enums() {
-    assert_refused(|v| v["now"] = json!("yesterday"), "now: invalid RFC 3339 timestamp");
+    assert_refused(
+        |v| v["now"] = json!("yesterday"),
+        "now: invalid RFC 3339 timestamp",
+    );
     assert_refused(|v| v["now"] = json!(1_700_000_000), "now: invalid type");
-    assert_refused(|v| v["presets"][0]["ttl"] = json!("3 hours"), "presets[0].ttl: invalid duration");
-    assert_refused(|v| v["presets"][0]["ttl"] = json!("1w"), "presets[0].ttl: invalid duration");
-    assert_refused(|v| v["config"]["backoff_interval"] = json!("1m30"), "config.backoff_interval: invalid duration");
-    assert_refused(|v| v["config"]["backoff_lookback"] = json!(""), "config.backoff_lookback: empty duration");
+    assert_refused(
+        |v| v["presets"][0]["ttl"] = json!("3 hours"),
+        "presets[0].ttl: invalid duration",
+    );
+    assert_refused(
+        |v| v["presets"][0]["ttl"] = json!("1w"),
+        "presets[0].ttl: invalid duration",
+    );
+    assert_refused(
+        |v| v["config"]["backoff_interval"] = json!("1m30"),
+        "config.backoff_interval: invalid duration",
+    );
+    assert_refused(
+        |v| v["config"]["backoff_lookback"] = json!(""),
+        "config.backoff_lookback: empty duration",
+    );
     assert_refused(
         |v| v["presets"][0]["invalidated_at"] = json!("2025-13-01T00:00:00Z"),
         "presets[0].invalidated_at: invalid RFC 3339 timestamp",
@@ -293,7 +415,10 @@ fn refuses_bad_timestamps_durations_and_enums() {
         |v| v["workspaces"][0]["latest_build"]["created_at"] = json!("2025-06-02"),
         "workspaces[0].latest_build.created_at: invalid RFC 3339 timestamp",
     );
-    assert_refused(|v| v["presets"][0]["status"] = json!("sick"), "presets[0].status: unknown variant `sick`");
+    assert_refused(
+        |v| v["presets"][0]["status"] = json!("sick"),
+        "presets[0].status: unknown variant `sick`",
+    );
     assert_refused(
         |v| v["workspaces"][0]["latest_build"]["transition"] = json!("restart"),
         "workspaces[0].latest_build.transition: unknown variant `restart`",
@@ -315,7 +440,11 @@ fn optional_fields_take_their_defaults() {
                                          "created_at": "2025-06-02T01:00:00Z"}}]
     });
     let out = plan_stdin(input.to_string().as_bytes());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         plan,
