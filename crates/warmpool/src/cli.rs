@@ -18,6 +18,8 @@ pub struct Cli {
 enum Command {
     /// Print the reconciler's decision for a snapshot (JSON in, JSON out), without a database or a server.
     Plan(commands::plan::PlanArgs),
+    /// Validate a configuration file without starting anything.
+    Check(commands::check::CheckArgs),
 }
 
 /// Parses the process's arguments and runs the command.
@@ -25,5 +27,6 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Plan(args) => commands::plan::run(&args),
+        Command::Check(args) => commands::check::run(&args),
     }
 }

@@ -4,4 +4,6 @@
 
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod provisioner;
+pub mod template_input;

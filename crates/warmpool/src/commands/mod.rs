@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod check;
 pub mod plan;
 
 /// Exit status for usage errors and invalid input (SPEC section 7).
