@@ -255,7 +255,7 @@ fn span_of(root: &DeTable<'_>, path: &[Seg]) -> Option<Range<usize>> {
                 best = Some(k.span());
                 v
             }
-            (Seg::Index(i), _, Some(a)) => a.iter().nth(*i)?,
+            (Seg::Index(i), _, Some(a)) => a.get(*i)?,
             _ => return best,
         };
         if matches!(seg, Seg::Index(_)) {
