@@ -3,6 +3,7 @@
 //! calls [`cli::run`]; everything else is here so integration tests can drive the parts directly.
 
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod provisioner;

@@ -156,6 +156,15 @@ fn signal_group(pid: Option<u32>, signal: Signal) {
 
 /// Runs one build to its end. Never panics; every failure is a [`BuildResult::Failed`] with a reason.
 pub async fn run(request: &BuildRequest, cancel: &CancellationToken) -> BuildOutcome {
+    run_with(request, cancel, |_| {}).await
+}
+
+/// [`run`], calling `on_start` with the process (and process group) id as soon as the command started.
+pub async fn run_with(
+    request: &BuildRequest,
+    cancel: &CancellationToken,
+    on_start: impl FnOnce(u32) + Send,
+) -> BuildOutcome {
     let max_secret = request.sensitive.iter().map(String::len).max().unwrap_or(0);
     let mut log = LogTail::new(LOG_LIMIT + max_secret + 4);
     let failed = |mut log: LogTail, reason: String, pid| {
@@ -208,6 +217,9 @@ pub async fn run(request: &BuildRequest, cancel: &CancellationToken) -> BuildOut
         Err(err) => return failed(log, format!("cannot start {program:?}: {err}"), None),
     };
     let pid = child.id();
+    if let Some(pid) = pid {
+        on_start(pid);
+    }
 
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     if let Some(stdout) = child.stdout.take() {

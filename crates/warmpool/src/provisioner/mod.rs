@@ -3,5 +3,6 @@
 //! get a [`BuildOutcome`]; they own leases, retries and the database, the provisioner owns the process.
 
 pub mod exec;
+pub mod process;
 
 pub use exec::{BuildOutcome, BuildRequest, BuildResult, LOG_LIMIT};
