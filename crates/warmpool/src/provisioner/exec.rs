@@ -30,6 +30,9 @@ use warmpool_core::model::Transition;
 /// How much of a build's log is kept: the last 1 MiB.
 pub const LOG_LIMIT: usize = 1 << 20;
 
+/// Replaces the first, cut line of a log whose beginning was dropped.
+const DROPPED_MARKER: &str = "[earlier output dropped]\n";
+
 /// How long the log is still read after the command exited, for output its children flush late.
 const DRAIN_AFTER_EXIT: StdDuration = StdDuration::from_millis(500);
 
@@ -116,17 +119,19 @@ impl LogTail {
         for value in sensitive.iter().filter(|v| !v.is_empty()) {
             text = text.replace(value.as_str(), "***");
         }
-        if text.len() > limit {
-            let mut cut = text.len() - limit;
-            while !text.is_char_boundary(cut) {
-                cut += 1;
+        if self.dropped || text.len() > limit {
+            // Keep room for the marker, then drop the first (probably cut) line instead of showing half of it.
+            let budget = limit.saturating_sub(DROPPED_MARKER.len());
+            if text.len() > budget {
+                let mut cut = text.len() - budget;
+                while !text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                text.drain(..cut);
             }
-            text.drain(..cut);
-        }
-        if self.dropped {
-            // The first line is probably cut; say so instead of showing half a line.
-            if let Some(newline) = text.find('\n') {
-                text.replace_range(..=newline, "[earlier output dropped]\n");
+            match text.find('\n') {
+                Some(newline) => text.replace_range(..=newline, DROPPED_MARKER),
+                None => text.insert_str(0, DROPPED_MARKER),
             }
         }
         text
@@ -376,17 +381,18 @@ mod tests {
     fn log_tail_keeps_the_end_and_redacts() {
         let mut tail = LogTail::new(20);
         tail.push(b"first line\nsecret=hunter2\n");
-        let text = tail.finish(&["hunter2".into()], 20);
-        assert!(!text.contains("hunter2"), "{text:?}");
-        assert!(text.len() <= 20);
-        assert!(text.starts_with("[earlier output dropped]\n") || text.contains("***"));
+        let text = tail.finish(&["hunter2".into()], 40);
+        assert_eq!(text, "[earlier output dropped]\nsecret=***\n");
     }
 
     #[test]
     fn log_tail_cuts_at_a_char_boundary() {
-        let mut tail = LogTail::new(64);
-        tail.push("ééééééééééé\n".as_bytes());
-        let text = tail.finish(&[], 5);
-        assert!(text.len() <= 5 + "[earlier output dropped]\n".len());
+        let mut tail = LogTail::new(200);
+        tail.push(format!("x\n{}", "é".repeat(40)).as_bytes());
+        // 82 bytes into 30: the cut would land inside an "é".
+        let text = tail.finish(&[], 30);
+        assert_eq!(text, format!("{DROPPED_MARKER}éé"));
+        assert!(text.len() <= 30, "{text:?}");
+        assert!(text.starts_with(DROPPED_MARKER));
     }
 }
