@@ -55,14 +55,17 @@ fn prebuilds_by_preset(snapshot: &Snapshot) -> HashMap<&str, Vec<&WorkspaceSnaps
     by_preset
 }
 
-/// `at + interval × n`, saturating at the largest instant.
+/// `at + interval × n`, saturating at the last instant RFC 3339 can write (9999-12-31T23:59:59.999999999Z), so
+/// that every `until` of a plan is a valid output timestamp (SPEC section 3) even for huge intervals.
 fn add_times(at: DateTime<Utc>, interval: Duration, n: u64) -> DateTime<Utc> {
+    let latest = DateTime::<Utc>::from_timestamp(253_402_300_799, 999_999_999)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let millis = interval.as_millis().saturating_mul(n);
     i64::try_from(millis)
         .ok()
         .and_then(TimeDelta::try_milliseconds)
         .and_then(|delta| at.checked_add_signed(delta))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .map_or(latest, |until| until.min(latest))
 }
 
 /// A gate that holds an action: its reason and, for `creation_backoff`, when it ends.

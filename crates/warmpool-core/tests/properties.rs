@@ -20,7 +20,9 @@ use warmpool_core::model::{
     CreationFailures, JobStatus, LatestBuild, PlannerConfig, PresetSnapshot, PresetStatus,
     Settings, Transition, WorkspaceSnapshot,
 };
-use warmpool_core::plan::{Action, DeleteReason, HeldAction, HoldReason, PresetPlan, TargetSource};
+use warmpool_core::plan::{
+    Action, DeleteReason, HeldAction, HoldReason, PresetPlan, TargetSource, format_timestamp,
+};
 use warmpool_core::schedule::{Cron, Schedule, Scheduling};
 use warmpool_core::snapshot_json::{from_json, to_json};
 use warmpool_core::{Duration, PREBUILDS_OWNER, Plan, PresetId, Snapshot, WorkspaceId, plan};
@@ -1024,6 +1026,7 @@ const NASTY_STRINGS: &[&str] = &[
     "1w",
     "1m1h",
     "99999999999999999999d",
+    "100000000d",
     "106751991167d",
     "2025-06-02T12:00:00Z",
     "2025-06-02T12:00:00.123456789+14:00",
@@ -1209,6 +1212,23 @@ fn read_and_plan(text: &str) -> Result<(), TestCaseError> {
             let plan = plan(&snapshot);
             prop_assert_eq!(plan.presets.len(), snapshot.presets.len());
             serde_json::to_string(&plan).unwrap();
+            // Every instant of the plan is written as RFC 3339 (SPEC section 3).
+            for pp in &plan.presets {
+                let untils = all_actions(pp)
+                    .filter_map(|a| match a {
+                        Action::Backoff { until } => Some(*until),
+                        _ => None,
+                    })
+                    .chain(pp.held.iter().filter_map(|h| h.until));
+                for until in untils {
+                    let text = format_timestamp(&until);
+                    prop_assert!(
+                        DateTime::parse_from_rfc3339(&text).is_ok(),
+                        "until {}",
+                        text
+                    );
+                }
+            }
             // What was read is written back readably. Known gap, outside the planner: an offset can move an input
             // instant past 9999-12-31 UTC (`9999-12-31T23:59:59-23:59`); `to_json` then writes `+10000-...`, which
             // RFC 3339 (and so `from_json`) does not allow. Such snapshots are left out of this check.

@@ -1118,6 +1118,40 @@ fn db_backoff_stops_every_other_action() {
     );
 }
 
+#[test]
+fn until_stays_an_rfc_3339_timestamp() {
+    // SPEC section 3: output timestamps are RFC 3339. A valid but huge interval (100000000d, about 274 000 years)
+    // puts `until` past the year 9999, which RFC 3339 cannot write; the planner clamps it to the last instant it
+    // can (a hold that long is a hold for good).
+    let s = with(
+        snapshot(
+            NOW,
+            vec![
+                preset("db", json!({"instances": 1})),
+                preset(
+                    "seed",
+                    json!({"instances": 1, "creation_failures": {"consecutive": 1, "last_failure_at": NOW}}),
+                ),
+            ],
+            vec![failed("f1", "db", &before(NOW, "1m"))],
+        ),
+        json!({"config": {"backoff_interval": "100000000d"}}),
+    );
+    let plan = plan_json(&s);
+    assert_entry(
+        &plan,
+        "db",
+        json!({"state": {"desired": 1}, "actions": [backoff("9999-12-31T23:59:59.999999999Z")]}),
+    );
+    assert_entry(
+        &plan,
+        "seed",
+        json!({"state": {"desired": 1}, "actions": [],
+               "held": [{"action": create(1), "reason": "creation_backoff",
+                         "until": "9999-12-31T23:59:59.999999999Z"}]}),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Scheduled targets (reference section 5.3, SPEC section 3) through the planner.
 // ---------------------------------------------------------------------------------------------------------------
