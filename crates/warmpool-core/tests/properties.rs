@@ -2,8 +2,10 @@
 //!
 //! The planner properties check what must hold for every snapshot (SPEC section 3): creates never exceed the
 //! target, deletes only ever name running prebuilds of their own preset, a plan is well-formed (order, gates,
-//! statuses), a snapshot with nothing to do plans nothing, and a perfect executor reaches every pool's target
-//! within two ticks. The reader properties check the JSON round trip and that no input makes it panic.
+//! statuses), the plan equals SPEC's rules written out a second time in this file ([`spec_entry`]), a snapshot with
+//! nothing to do plans nothing, a perfect executor reaches every pool's target within two ticks, and the order of
+//! the workspaces does not matter. The reader properties check the JSON round trip and that no input makes the
+//! reader (or the planner, on what it reads) panic.
 //!
 //! The number of cases follows `PROPTEST_CASES` (proptest's default configuration reads it); each case plans a
 //! handful of presets and workspaces, so a property takes milliseconds per hundred cases.
