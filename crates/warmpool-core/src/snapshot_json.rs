@@ -163,11 +163,19 @@ pub fn from_json(text: &str) -> Result<Snapshot, SnapshotError> {
 }
 
 fn timestamp(path: &str, text: &str) -> Result<DateTime<Utc>, SnapshotError> {
-    DateTime::parse_from_rfc3339(text)
+    let at = DateTime::parse_from_rfc3339(text)
         .map(|t| t.to_utc())
         .map_err(|err| {
             SnapshotError::at(path, format!("invalid RFC 3339 timestamp {text:?}: {err}"))
-        })
+        })?;
+    // Output is UTC RFC 3339, which has four-digit years: refuse instants it could not write back.
+    if !(0..=9999).contains(&chrono::Datelike::year(&at)) {
+        return Err(SnapshotError::at(
+            path,
+            format!("timestamp {text:?} is outside years 0000-9999 in UTC"),
+        ));
+    }
+    Ok(at)
 }
 
 fn duration(path: &str, text: &str) -> Result<Duration, SnapshotError> {

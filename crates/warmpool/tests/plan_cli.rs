@@ -391,6 +391,11 @@ fn refuses_bad_timestamps_durations_and_enums() {
         "now: invalid RFC 3339 timestamp",
     );
     assert_refused(|v| v["now"] = json!(1_700_000_000), "now: invalid type");
+    // Year 10000 in UTC cannot be written back as RFC 3339.
+    assert_refused(
+        |v| v["now"] = json!("9999-12-31T23:59:59-23:59"),
+        "now: timestamp \"9999-12-31T23:59:59-23:59\" is outside years 0000-9999 in UTC",
+    );
     assert_refused(
         |v| v["presets"][0]["ttl"] = json!("3 hours"),
         "presets[0].ttl: invalid duration",
