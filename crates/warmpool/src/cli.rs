@@ -20,6 +20,8 @@ enum Command {
     Plan(commands::plan::PlanArgs),
     /// Validate a configuration file without starting anything.
     Check(commands::check::CheckArgs),
+    /// Run the service: reconciler, build workers and HTTP API.
+    Serve(commands::serve::ServeArgs),
 }
 
 /// Parses the process's arguments and runs the command.
@@ -28,5 +30,6 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Plan(args) => commands::plan::run(&args),
         Command::Check(args) => commands::check::run(&args),
+        Command::Serve(args) => commands::serve::run(&args),
     }
 }

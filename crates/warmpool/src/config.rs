@@ -344,7 +344,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
             }
         })
         .unwrap_or(Path::new("."));
-    validate(file, base_dir, raw).map_err(|err| {
+    // Builds run in their state directories, so every resolved path must be absolute.
+    let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
+    validate(file, &base_dir, raw).map_err(|err| {
         let line = span_of(document.get_ref(), &parse_path(&err.path))
             .map_or(1, |s| line_of(text, s.start));
         invalid(line, err.path, err.message)

@@ -50,6 +50,10 @@ mod tests {
         assert!(!boot_id().is_empty());
         // A wrong start time never kills.
         assert!(!kill_if_same(i64::from(me), &boot_id(), -1));
-        assert!(!kill_if_same(i64::from(me), "another-boot", start_time(me).unwrap_or(0)));
+        assert!(!kill_if_same(
+            i64::from(me),
+            "another-boot",
+            start_time(me).unwrap_or(0)
+        ));
     }
 }
