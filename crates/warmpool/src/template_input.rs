@@ -358,3 +358,52 @@ fn validate_pool(path: &str, p: &RawPreset) -> Result<PoolSpec, FieldError> {
         scheduling,
     })
 }
+
+/// The outside form of a validated template (what `warmpool apply` sends): the inverse of [`validate_template`].
+pub fn raw_from_spec(spec: &TemplateSpec) -> RawTemplate {
+    RawTemplate {
+        name: Some(spec.name.clone()),
+        provisioner: Some(
+            match spec.provisioner {
+                ProvisionerKind::Exec => "exec",
+            }
+            .to_owned(),
+        ),
+        command: Some(spec.command.clone()),
+        timeout: Some(spec.timeout.to_string()),
+        revision: spec.revision.clone(),
+        max_workspaces: spec.max_workspaces.map(i64::from),
+        claim_build: Some(spec.claim_build),
+        parameters: spec
+            .parameters
+            .iter()
+            .map(|p| RawParameter {
+                name: p.name.clone(),
+                required: Some(p.required),
+                default: p.default.clone(),
+                sensitive: Some(p.sensitive),
+            })
+            .collect(),
+        presets: spec
+            .presets
+            .iter()
+            .map(|p| RawPreset {
+                name: p.name.clone(),
+                parameters: p.parameters.clone(),
+                instances: p.pool.instances.map(i64::from),
+                ttl: p.pool.ttl.map(|t| t.to_string()),
+                scheduling: p.pool.scheduling.as_ref().map(|s| RawScheduling {
+                    timezone: Some(s.timezone().name().to_owned()),
+                    schedules: s
+                        .schedules()
+                        .iter()
+                        .map(|s| RawSchedule {
+                            cron: s.cron_text.clone(),
+                            instances: i64::from(s.instances),
+                        })
+                        .collect(),
+                }),
+            })
+            .collect(),
+    }
+}
