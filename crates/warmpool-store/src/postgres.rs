@@ -100,6 +100,9 @@ impl PgStore {
         options: PgConnectOptions,
         max_connections: u32,
     ) -> StoreResult<PgStore> {
+        // JIT compilation costs hundreds of milliseconds on the snapshot's large scans and never pays off for
+        // warmpool's short queries.
+        let options = options.options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .connect_with(options)

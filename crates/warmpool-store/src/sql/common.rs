@@ -43,37 +43,32 @@ where
 // ---------------------------------------------------------------------------------------------------------------
 // Snapshot
 
-// Presets that can matter to the planner: every preset of an active version with a pool, and any preset that still
-// has live prebuilds (inactive versions, deleted templates).
-macro_rules! snapshot_preset_filter {
+// The snapshot's presets: every preset of an active version with a pool (read directly, through the templates'
+// active versions), plus the presets that live prebuilds still point at (inactive versions, deleted templates),
+// read by id once the workspaces are known. Presets of old versions without prebuilds are never looked at.
+macro_rules! snapshot_preset_columns {
     () => {
-        " WHERE (t.deleted_at IS NULL AND t.active_version_id = p.version_id \
-               AND (p.instances IS NOT NULL OR p.scheduling_timezone IS NOT NULL)) \
-            OR EXISTS (SELECT 1 FROM workspaces w WHERE w.preset_id = p.id \
-                       AND w.owner = 'prebuilds' AND w.deleted_at IS NULL) "
+        "SELECT p.id, t.name, v.name, p.name, \
+                CASE WHEN t.deleted_at IS NULL AND t.active_version_id = p.version_id THEN TRUE ELSE FALSE END, \
+                p.instances, p.ttl_ms, p.scheduling_timezone, p.status, p.invalidated_at, \
+                p.creation_failures, p.last_creation_failure_at, COALESCE(s.paused, FALSE), v.number \
+         FROM presets p \
+         JOIN templates t ON t.id = p.template_id \
+         JOIN template_versions v ON v.id = p.version_id \
+         LEFT JOIN preset_settings s ON s.template_name = t.name AND s.preset_name = p.name "
     };
 }
 
-const SNAPSHOT_PRESETS: &str = concat!(
-    "SELECT p.id, t.name, v.name, p.name, \
-            CASE WHEN t.deleted_at IS NULL AND t.active_version_id = p.version_id THEN TRUE ELSE FALSE END, \
-            p.instances, p.ttl_ms, p.scheduling_timezone, p.status, p.invalidated_at, \
-            p.creation_failures, p.last_creation_failure_at, COALESCE(s.paused, FALSE) \
-     FROM presets p \
-     JOIN templates t ON t.id = p.template_id \
-     JOIN template_versions v ON v.id = p.version_id \
-     LEFT JOIN preset_settings s ON s.template_name = t.name AND s.preset_name = p.name",
-    snapshot_preset_filter!(),
-    "ORDER BY t.name, v.number, p.name"
+const SNAPSHOT_ACTIVE_PRESETS: &str = concat!(
+    snapshot_preset_columns!(),
+    "WHERE t.deleted_at IS NULL AND p.version_id = t.active_version_id \
+       AND (p.instances IS NOT NULL OR p.scheduling_timezone IS NOT NULL)"
 );
 
-const SNAPSHOT_SCHEDULES: &str = concat!(
-    "SELECT s.preset_id, s.cron, s.instances FROM preset_schedules s \
-     JOIN presets p ON p.id = s.preset_id \
-     JOIN templates t ON t.id = p.template_id",
-    snapshot_preset_filter!(),
-    "ORDER BY s.preset_id, s.position"
-);
+const SNAPSHOT_PRESETS_BY_ID: &str = concat!(snapshot_preset_columns!(), "WHERE p.id IN (");
+
+const SNAPSHOT_SCHEDULES_BY_PRESET: &str =
+    "SELECT preset_id, cron, instances, position FROM preset_schedules WHERE preset_id IN (";
 
 const SNAPSHOT_WORKSPACES: &str = "SELECT w.id, w.preset_id, w.created_at, w.latest_build_number, \
             w.latest_transition, w.latest_status, w.latest_build_created_at, \
@@ -81,6 +76,26 @@ const SNAPSHOT_WORKSPACES: &str = "SELECT w.id, w.preset_id, w.created_at, w.lat
             w.latest_picked_up \
      FROM workspaces w JOIN templates t ON t.id = w.template_id \
      WHERE w.owner = 'prebuilds' AND w.deleted_at IS NULL AND w.preset_id IS NOT NULL";
+
+/// `prefix` (ending in `IN (`) for every id, in chunks that stay within both backends' parameter limits.
+async fn fetch_by_ids(
+    conn: &mut DbConn,
+    prefix: &'static str,
+    ids: &[&str],
+    context: &'static str,
+) -> StoreResult<Vec<DbRow>> {
+    let mut rows = Vec::new();
+    for chunk in ids.chunks(500) {
+        let mut query = sqlx::QueryBuilder::<Db>::new(prefix);
+        let mut list = query.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        query.push(")");
+        rows.extend(query.build().fetch_all(&mut *conn).await.db(context)?);
+    }
+    Ok(rows)
+}
 
 async fn read_settings(conn: &mut DbConn) -> StoreResult<Settings> {
     let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
@@ -93,39 +108,113 @@ async fn read_settings(conn: &mut DbConn) -> StoreResult<Settings> {
     })
 }
 
-/// The planner's snapshot, read on a connection that is already inside the snapshot transaction.
+fn snapshot_workspace(row: &DbRow) -> StoreResult<WorkspaceSnapshot> {
+    let transition: &str = row.try_get(4).db("reading a prebuild")?;
+    let status: &str = row.try_get(5).db("reading a prebuild")?;
+    let transition = parse_transition(transition)?;
+    let status = parse_job_status(status)?;
+    let number: i64 = row.try_get(3).db("reading a prebuild")?;
+    Ok(WorkspaceSnapshot {
+        id: WorkspaceId::new(row.try_get::<String, _>(0).db("reading a prebuild")?),
+        owner: PREBUILDS_OWNER.to_owned(),
+        preset: PresetId::new(row.try_get::<String, _>(1).db("reading a prebuild")?),
+        created_at: from_ms(
+            row.try_get(2).db("reading a prebuild")?,
+            "workspace created_at",
+        )?,
+        ready: transition == Transition::Start && status == JobStatus::Succeeded,
+        latest_build: LatestBuild {
+            number: to_u64(number, "build number")?,
+            transition,
+            status,
+            created_at: from_ms(row.try_get(6).db("reading a prebuild")?, "build created_at")?,
+            active_version: row.try_get(7).db("reading a prebuild")?,
+            picked_up: row.try_get(8).db("reading a prebuild")?,
+        },
+    })
+}
+
+/// The planner's snapshot, read on a connection that is already inside the snapshot transaction: the active
+/// presets, the live prebuilds, then by id the presets those point at that are not active, and the schedules of
+/// the presets that have some.
 async fn read_snapshot(
     conn: &mut DbConn,
     now: chrono::DateTime<chrono::Utc>,
     config: PlannerConfig,
 ) -> StoreResult<Snapshot> {
     let settings = read_settings(conn).await?;
-
-    let schedule_rows = sqlx::query(SNAPSHOT_SCHEDULES)
-        .fetch_all(&mut *conn)
-        .await
-        .db("reading preset schedules")?;
-    let mut schedules: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-    for row in &schedule_rows {
-        let preset: String = row.try_get(0).db("reading a schedule")?;
-        let cron: String = row.try_get(1).db("reading a schedule")?;
-        let instances: i64 = row.try_get(2).db("reading a schedule")?;
-        schedules.entry(preset).or_default().push((cron, instances));
-    }
-
-    let preset_rows = sqlx::query(SNAPSHOT_PRESETS)
+    let mut preset_rows = sqlx::query(SNAPSHOT_ACTIVE_PRESETS)
         .fetch_all(&mut *conn)
         .await
         .db("reading presets")?;
+    let workspace_rows = sqlx::query(SNAPSHOT_WORKSPACES)
+        .fetch_all(&mut *conn)
+        .await
+        .db("reading prebuilds")?;
+    let mut workspaces = Vec::with_capacity(workspace_rows.len());
+    for row in &workspace_rows {
+        workspaces.push(snapshot_workspace(row)?);
+    }
+    drop(workspace_rows);
+
+    let mut known: std::collections::HashSet<String> =
+        std::collections::HashSet::with_capacity(preset_rows.len());
+    for row in &preset_rows {
+        known.insert(row.try_get(0).db("reading a preset")?);
+    }
+    let mut missing: Vec<&str> = workspaces
+        .iter()
+        .map(|w| w.preset.as_str())
+        .filter(|id| !known.contains(*id))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if !missing.is_empty() {
+        preset_rows
+            .extend(fetch_by_ids(conn, SNAPSHOT_PRESETS_BY_ID, &missing, "reading presets").await?);
+    }
+
+    let mut scheduled: Vec<String> = Vec::new();
+    for row in &preset_rows {
+        let timezone: Option<&str> = row.try_get(7).db("reading a preset")?;
+        if timezone.is_some() {
+            scheduled.push(row.try_get(0).db("reading a preset")?);
+        }
+    }
+    let mut schedules: HashMap<String, Vec<(i64, String, i64)>> = HashMap::new();
+    if !scheduled.is_empty() {
+        let ids: Vec<&str> = scheduled.iter().map(String::as_str).collect();
+        for row in fetch_by_ids(
+            conn,
+            SNAPSHOT_SCHEDULES_BY_PRESET,
+            &ids,
+            "reading preset schedules",
+        )
+        .await?
+        {
+            let preset: String = row.try_get(0).db("reading a schedule")?;
+            let cron: String = row.try_get(1).db("reading a schedule")?;
+            let instances: i64 = row.try_get(2).db("reading a schedule")?;
+            let position: i64 = row.try_get(3).db("reading a schedule")?;
+            schedules
+                .entry(preset)
+                .or_default()
+                .push((position, cron, instances));
+        }
+    }
+
     let mut presets = Vec::with_capacity(preset_rows.len());
     for row in &preset_rows {
         let id: String = row.try_get(0).db("reading a preset")?;
         let timezone: Option<String> = row.try_get(7).db("reading a preset")?;
+        let mut list = schedules.remove(&id).unwrap_or_default();
+        list.sort_unstable_by_key(|(position, _, _)| *position);
+        let list: Vec<(String, i64)> = list.into_iter().map(|(_, cron, n)| (cron, n)).collect();
         let pool = pool_from_parts(
             row.try_get(5).db("reading a preset")?,
             row.try_get(6).db("reading a preset")?,
             timezone.as_deref(),
-            schedules.get(&id).map(Vec::as_slice).unwrap_or(&[]),
+            &list,
             &format!("preset {id}"),
         )?;
         let status: String = row.try_get(8).db("reading a preset")?;
@@ -139,62 +228,43 @@ async fn read_snapshot(
         } else {
             None
         };
-        presets.push(PresetSnapshot {
-            id: PresetId::new(id),
-            template: row.try_get(1).db("reading a preset")?,
-            template_version: Some(row.try_get(2).db("reading a preset")?),
-            preset: row.try_get(3).db("reading a preset")?,
-            active: row.try_get(4).db("reading a preset")?,
-            instances: pool.instances,
-            ttl: pool.ttl,
-            invalidated_at: opt_from_ms(
-                row.try_get(9).db("reading a preset")?,
-                "preset invalidated_at",
-            )?,
-            scheduling: pool.scheduling,
-            status: parse_preset_status(&status)?,
-            paused: row.try_get(12).db("reading a preset")?,
-            creation_failures,
-        });
-    }
-
-    let workspace_rows = sqlx::query(SNAPSHOT_WORKSPACES)
-        .fetch_all(&mut *conn)
-        .await
-        .db("reading prebuilds")?;
-    let mut workspaces = Vec::with_capacity(workspace_rows.len());
-    for row in &workspace_rows {
-        let transition: &str = row.try_get(4).db("reading a prebuild")?;
-        let status: &str = row.try_get(5).db("reading a prebuild")?;
-        let transition = parse_transition(transition)?;
-        let status = parse_job_status(status)?;
-        let number: i64 = row.try_get(3).db("reading a prebuild")?;
-        workspaces.push(WorkspaceSnapshot {
-            id: WorkspaceId::new(row.try_get::<String, _>(0).db("reading a prebuild")?),
-            owner: PREBUILDS_OWNER.to_owned(),
-            preset: PresetId::new(row.try_get::<String, _>(1).db("reading a prebuild")?),
-            created_at: from_ms(
-                row.try_get(2).db("reading a prebuild")?,
-                "workspace created_at",
-            )?,
-            ready: transition == Transition::Start && status == JobStatus::Succeeded,
-            latest_build: LatestBuild {
-                number: to_u64(number, "build number")?,
-                transition,
-                status,
-                created_at: from_ms(row.try_get(6).db("reading a prebuild")?, "build created_at")?,
-                active_version: row.try_get(7).db("reading a prebuild")?,
-                picked_up: row.try_get(8).db("reading a prebuild")?,
+        let version_number: i64 = row.try_get(13).db("reading a preset")?;
+        presets.push((
+            version_number,
+            PresetSnapshot {
+                id: PresetId::new(id),
+                template: row.try_get(1).db("reading a preset")?,
+                template_version: Some(row.try_get(2).db("reading a preset")?),
+                preset: row.try_get(3).db("reading a preset")?,
+                active: row.try_get(4).db("reading a preset")?,
+                instances: pool.instances,
+                ttl: pool.ttl,
+                invalidated_at: opt_from_ms(
+                    row.try_get(9).db("reading a preset")?,
+                    "preset invalidated_at",
+                )?,
+                scheduling: pool.scheduling,
+                status: parse_preset_status(&status)?,
+                paused: row.try_get(12).db("reading a preset")?,
+                creation_failures,
             },
-        });
+        ));
     }
+    // Templates by name, versions by number, presets by name: a stable order for people and for diffs.
+    presets.sort_unstable_by(|(va, a), (vb, b)| {
+        (a.template.as_str(), *va, a.preset.as_str()).cmp(&(
+            b.template.as_str(),
+            *vb,
+            b.preset.as_str(),
+        ))
+    });
     workspaces.sort_unstable_by(|a, b| a.id.cmp(&b.id));
 
     Ok(Snapshot {
         now,
         config,
         settings,
-        presets,
+        presets: presets.into_iter().map(|(_, p)| p).collect(),
         workspaces,
     })
 }
