@@ -8,6 +8,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod executor;
+pub mod metrics;
 pub mod provisioner;
 pub mod reconciler;
 pub mod template_input;

@@ -19,6 +19,7 @@ use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config, Database};
 use crate::executor::chain;
+use crate::metrics::{Metrics, MetricsState};
 use crate::reconciler::Reconciler;
 use crate::worker::{JobNotify, Workers, recover_previous_run};
 
@@ -188,10 +189,30 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
         tokens: config.tokens.clone(),
         jobs: jobs.clone(),
     });
+    let metrics = Arc::new(MetricsState {
+        store: Arc::clone(&store),
+        reconciler: Arc::clone(&reconciler),
+        metrics: Metrics::default(),
+    });
+    let app = api::router(state).merge(crate::metrics::router(metrics));
+    // Gauges come from the latest snapshot: a replica that does not hold the lock still reads one every 15 s.
+    {
+        let reconciler = Arc::clone(&reconciler);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                }
+                reconciler.observe_if_stale().await;
+            }
+        });
+    }
     let server = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, api::router(state))
+            axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await
         })
