@@ -39,6 +39,17 @@ impl AnyStore {
     }
 }
 
+impl AnyStore {
+    /// Wakes job workers after a commit that queued a job: `NOTIFY` on PostgreSQL (other replicas' workers
+    /// `LISTEN` on [`crate::postgres::JOBS_CHANNEL`]); nothing on SQLite, whose only process knows already.
+    pub async fn notify_jobs(&self) -> StoreResult<()> {
+        match self {
+            AnyStore::Sqlite(_) => Ok(()),
+            AnyStore::Postgres(s) => s.notify_jobs().await,
+        }
+    }
+}
+
 /// The reconciliation lock of an [`AnyStore`].
 #[derive(Debug)]
 pub enum AnyReconcileLock {

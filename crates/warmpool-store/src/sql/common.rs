@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use futures_util::TryStreamExt;
 use sqlx::Row;
 use warmpool_core::PREBUILDS_OWNER;
 use warmpool_core::ids::{PresetId, WorkspaceId};
@@ -147,15 +148,14 @@ async fn read_snapshot(
         .fetch_all(&mut *conn)
         .await
         .db("reading presets")?;
-    let workspace_rows = sqlx::query(SNAPSHOT_WORKSPACES)
-        .fetch_all(&mut *conn)
-        .await
-        .db("reading prebuilds")?;
-    let mut workspaces = Vec::with_capacity(workspace_rows.len());
-    for row in &workspace_rows {
-        workspaces.push(snapshot_workspace(row)?);
+    let mut workspaces = Vec::new();
+    {
+        // Decoded as they arrive, so decoding overlaps the server's scan and no row buffer builds up.
+        let mut rows = sqlx::query(SNAPSHOT_WORKSPACES).fetch(&mut *conn);
+        while let Some(row) = rows.try_next().await.db("reading prebuilds")? {
+            workspaces.push(snapshot_workspace(&row)?);
+        }
     }
-    drop(workspace_rows);
 
     let mut known: std::collections::HashSet<String> =
         std::collections::HashSet::with_capacity(preset_rows.len());
