@@ -20,6 +20,8 @@ pub struct Cli {
 enum Command {
     /// Run the service: reconciler, build workers and HTTP API.
     Serve(commands::serve::ServeArgs),
+    /// Run only build workers against a shared PostgreSQL database (remote provisioners).
+    Provisioner(commands::provisioner::ProvisionerArgs),
     /// Validate a configuration file without starting anything.
     Check(commands::check::CheckArgs),
     /// Print the reconciler's decision for a snapshot (JSON in, JSON out), without a database or a server.
@@ -98,6 +100,7 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Serve(args) => commands::serve::run(&args),
         Command::Check(args) => commands::check::run(&args),
+        Command::Provisioner(args) => commands::provisioner::run(&args),
         Command::Plan(args) => commands::plan::run(&args),
         Command::Token(command) => commands::token::run(&command),
         Command::Status(args) => client::status(&args),

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod client;
 pub mod plan;
+pub mod provisioner;
 pub mod serve;
 pub mod token;
 
