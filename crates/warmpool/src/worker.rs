@@ -40,14 +40,78 @@ pub const POLL: StdDuration = StdDuration::from_secs(1);
 /// The longest wait before retrying a failed delete.
 pub const MAX_DELETE_RETRY: TimeDelta = TimeDelta::minutes(30);
 
-/// Wakes idle workers when a job is queued.
+/// Wakes idle workers when a job is queued: this process's workers at once, and, through [`JobNotify::publish`]
+/// (run by `serve` on PostgreSQL), other replicas' and remote provisioners' workers via `NOTIFY`.
 #[derive(Debug, Clone, Default)]
-pub struct JobNotify(Arc<Notify>);
+pub struct JobNotify {
+    local: Arc<Notify>,
+    outbound: Arc<Notify>,
+}
 
 impl JobNotify {
+    /// A job was queued here: wake local workers and tell the others.
     pub fn wake(&self) {
-        self.0.notify_waiters();
-        self.0.notify_one();
+        self.wake_local();
+        self.outbound.notify_one();
+    }
+
+    /// Another process queued a job: wake local workers only.
+    pub fn wake_local(&self) {
+        self.local.notify_waiters();
+        self.local.notify_one();
+    }
+
+    /// Calls `send` once per burst of [`JobNotify::wake`]s, until `stop`.
+    pub async fn publish<F, Fut>(&self, stop: CancellationToken, send: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.outbound.notified() => send().await,
+            }
+        }
+    }
+}
+
+/// Wakes `jobs`'s local workers whenever another process `NOTIFY`s the jobs channel, until `stop`. Reconnects
+/// after a lost connection (workers also poll, so a missed notification only adds latency).
+pub async fn listen_postgres(url: String, jobs: JobNotify, stop: CancellationToken) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                warn!(error = %err, "cannot LISTEN for new jobs; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(StdDuration::from_secs(2)) => continue,
+                }
+            }
+        };
+        if let Err(err) = listener
+            .listen(warmpool_store::postgres::JOBS_CHANNEL)
+            .await
+        {
+            warn!(error = %err, "cannot LISTEN for new jobs; retrying");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(StdDuration::from_secs(2)) => continue,
+            }
+        }
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                received = listener.try_recv() => match received {
+                    Ok(_) => jobs.wake_local(),
+                    Err(err) => {
+                        warn!(error = %err, "lost the LISTEN connection; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
     }
 }
 
@@ -278,7 +342,7 @@ impl<S: Store> Workers<S> {
             }
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.jobs.0.notified() => {}
+                () = self.jobs.local.notified() => {}
                 () = tokio::time::sleep(POLL) => {}
             }
         }
@@ -315,8 +379,9 @@ impl<S: Store> Workers<S> {
         requeued
     }
 
-    /// Starts `config.workers` workers and the expired-lease sweeper on `tracker`. They stop taking jobs when
-    /// `stop` is cancelled; running builds then finish on their own.
+    /// Starts `config.workers` workers and the expired-lease sweeper (which sweeps at once, then every third of
+    /// the lease) on `tracker`. They stop taking jobs when `stop` is cancelled; running builds then finish on their
+    /// own.
     pub fn spawn(self: &Arc<Self>, tracker: &TaskTracker, stop: &CancellationToken) {
         for index in 0..self.config.workers {
             tracker.spawn(Arc::clone(self).work(index, stop.clone()));
@@ -326,11 +391,13 @@ impl<S: Store> Workers<S> {
         tracker.spawn(async move {
             let every = (this.config.lease.to_std() / 3).max(StdDuration::from_millis(100));
             loop {
+                // Sweep at once first: the jobs of a previous run whose leases start-up expired run again now,
+                // not a third of a lease later.
+                this.sweep_expired().await;
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(every) => {}
                 }
-                this.sweep_expired().await;
             }
         });
     }

@@ -20,7 +20,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config;
 use crate::executor::chain;
 use crate::reconciler::Trigger;
-use crate::worker::{JobNotify, Workers};
+use crate::worker::{JobNotify, Workers, listen_postgres};
 
 #[derive(Debug, Args)]
 pub struct ProvisionerArgs {
@@ -79,6 +79,7 @@ pub fn run(args: &ProvisionerArgs) -> ExitCode {
         };
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let replica_id = format!("provisioner-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+        let jobs = JobNotify::default();
         let workers = Arc::new(Workers {
             store,
             clock,
@@ -86,13 +87,14 @@ pub fn run(args: &ProvisionerArgs) -> ExitCode {
             data_dir: config.server.data_dir.clone(),
             replica_id: replica_id.clone(),
             path_var: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            jobs: JobNotify::default(),
+            jobs: jobs.clone(),
             // No reconciler here: the servers' ticks notice finished builds within their interval.
             reconcile: Trigger::default(),
         });
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         workers.spawn(&tracker, &stop);
+        tokio::spawn(listen_postgres(args.database.clone(), jobs, stop.clone()));
         info!(replica = %replica_id, workers = config.provisioner.workers, "provisioner running");
         let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,

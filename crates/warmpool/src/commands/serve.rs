@@ -21,7 +21,7 @@ use crate::config::{self, Config, Database};
 use crate::executor::chain;
 use crate::metrics::{Metrics, MetricsState};
 use crate::reconciler::Reconciler;
-use crate::worker::{JobNotify, Workers, recover_previous_run};
+use crate::worker::{JobNotify, Workers, listen_postgres, recover_previous_run};
 
 use super::EXIT_INVALID;
 
@@ -176,6 +176,21 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
     let stop_jobs = CancellationToken::new();
     let tracker = TaskTracker::new();
     workers.spawn(&tracker, &stop_jobs);
+    if let Database::Postgres(url) = &config.server.database {
+        // Other replicas and remote provisioners learn of queued jobs through LISTEN/NOTIFY.
+        tokio::spawn(listen_postgres(url.clone(), jobs.clone(), shutdown.clone()));
+        let store = Arc::clone(&store);
+        let jobs = jobs.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            jobs.publish(stop, || async {
+                if let Err(err) = store.notify_jobs().await {
+                    warn!(error = %chain(&err), "cannot NOTIFY other replicas of a new job");
+                }
+            })
+            .await;
+        });
+    }
     let reconciler_task = tokio::spawn(Arc::clone(&reconciler).run(shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
