@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -298,6 +299,44 @@ async fn claim_impl(
     let workspace = must_load_workspace(tx.conn(), &id).await?;
     tx.commit().await?;
     Ok(ClaimOutcome::Claimed { workspace, build })
+}
+
+/// One row of `SNAPSHOT_WORKSPACES`.
+fn snapshot_workspace(row: &DbRow) -> StoreResult<WorkspaceSnapshot> {
+    let transition: &str = row.try_get(4).db("reading a prebuild")?;
+    let status: &str = row.try_get(5).db("reading a prebuild")?;
+    let transition = parse_transition(transition)?;
+    let status = parse_job_status(status)?;
+    let number: i64 = row.try_get(3).db("reading a prebuild")?;
+    Ok(WorkspaceSnapshot {
+        id: WorkspaceId::new(row.try_get::<String, _>(0).db("reading a prebuild")?),
+        owner: PREBUILDS_OWNER.to_owned(),
+        preset: PresetId::new(row.try_get::<String, _>(1).db("reading a prebuild")?),
+        created_at: from_ms(
+            row.try_get(2).db("reading a prebuild")?,
+            "workspace created_at",
+        )?,
+        ready: transition == Transition::Start && status == JobStatus::Succeeded,
+        latest_build: LatestBuild {
+            number: to_u64(number, "build number")?,
+            transition,
+            status,
+            created_at: from_ms(row.try_get(6).db("reading a prebuild")?, "build created_at")?,
+            // Set from the preset once the presets are known (see SNAPSHOT_WORKSPACES).
+            active_version: false,
+            picked_up: row.try_get(7).db("reading a prebuild")?,
+        },
+    })
+}
+
+/// The snapshot's live prebuilds, decoded as SQLite's worker thread hands them over.
+async fn read_prebuilds(conn: &mut DbConn) -> StoreResult<Vec<WorkspaceSnapshot>> {
+    let mut workspaces = Vec::new();
+    let mut rows = sqlx::query(SNAPSHOT_WORKSPACES).fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await.db("reading prebuilds")? {
+        workspaces.push(snapshot_workspace(&row)?);
+    }
+    Ok(workspaces)
 }
 
 include!("sql/common.rs");

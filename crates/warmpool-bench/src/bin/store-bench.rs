@@ -289,7 +289,7 @@ async fn main() {
         store.close().await;
         std::fs::remove_dir_all(&dir).ok();
     }
-    if want("postgres") {
+    if want("postgres") || which.as_deref() == Some("diagnose") {
         println!("PostgreSQL");
         let Some((_, options)) = pg::test_database().await.unwrap() else {
             println!("  skipped: no PostgreSQL server binaries");
@@ -297,6 +297,9 @@ async fn main() {
         };
         let store = PgStore::connect_with(options, 40).await.unwrap();
         seed!(store.pool(), "VACUUM ANALYZE");
+        if which.as_deref() == Some("diagnose") {
+            diagnose(&store).await;
+        }
         bench_snapshot(&store).await;
         bench_claims(Arc::new(store.clone())).await;
         store.close().await;
@@ -310,4 +313,43 @@ fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("warmpool-store-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Where the PostgreSQL snapshot's time goes (diagnostic: `store-bench diagnose`).
+async fn diagnose(store: &PgStore) {
+    // The snapshot's prebuild query (crates/warmpool-store/src/sql/common.rs, SNAPSHOT_WORKSPACES).
+    const WORKSPACES: &str = "SELECT w.id, w.preset_id, w.created_at, w.latest_build_number, \
+            w.latest_transition, w.latest_status, w.latest_build_created_at, w.latest_picked_up \
+     FROM workspaces w WHERE w.owner = 'prebuilds' AND w.deleted_at IS NULL AND w.preset_id IS NOT NULL";
+    for _ in 0..3 {
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (ANALYZE, TIMING OFF) {WORKSPACES}"
+        )))
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        println!("  server: {}", plan.last().unwrap());
+        let started = Instant::now();
+        let rows = sqlx::query(WORKSPACES)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        println!(
+            "  fetch_all {} rows: {:.1} ms",
+            rows.len(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        let started = Instant::now();
+        let mut n = 0usize;
+        for row in &rows {
+            use sqlx::Row;
+            let a: String = row.get(0);
+            let b: String = row.get(1);
+            n += a.len() + b.len();
+        }
+        println!(
+            "  decode ids: {:.1} ms ({n})",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
 }

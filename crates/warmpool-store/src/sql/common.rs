@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use futures_util::TryStreamExt;
 use sqlx::Row;
 use warmpool_core::PREBUILDS_OWNER;
 use warmpool_core::ids::{PresetId, WorkspaceId};
@@ -71,11 +70,12 @@ const SNAPSHOT_PRESETS_BY_ID: &str = concat!(snapshot_preset_columns!(), "WHERE 
 const SNAPSHOT_SCHEDULES_BY_PRESET: &str =
     "SELECT preset_id, cron, instances, position FROM preset_schedules WHERE preset_id IN (";
 
+// No join: a prebuild's builds all run its preset's version (no store operation moves a workspace to another
+// version), so its latest build is on the active version exactly when its preset is active, which the presets
+// query already says. One pass over the live prebuilds, reading only their own row.
 const SNAPSHOT_WORKSPACES: &str = "SELECT w.id, w.preset_id, w.created_at, w.latest_build_number, \
-            w.latest_transition, w.latest_status, w.latest_build_created_at, \
-            CASE WHEN t.deleted_at IS NULL AND t.active_version_id = w.latest_version_id THEN TRUE ELSE FALSE END, \
-            w.latest_picked_up \
-     FROM workspaces w JOIN templates t ON t.id = w.template_id \
+            w.latest_transition, w.latest_status, w.latest_build_created_at, w.latest_picked_up \
+     FROM workspaces w \
      WHERE w.owner = 'prebuilds' AND w.deleted_at IS NULL AND w.preset_id IS NOT NULL";
 
 /// `prefix` (ending in `IN (`) for every id, in chunks that stay within both backends' parameter limits.
@@ -109,32 +109,6 @@ async fn read_settings(conn: &mut DbConn) -> StoreResult<Settings> {
     })
 }
 
-fn snapshot_workspace(row: &DbRow) -> StoreResult<WorkspaceSnapshot> {
-    let transition: &str = row.try_get(4).db("reading a prebuild")?;
-    let status: &str = row.try_get(5).db("reading a prebuild")?;
-    let transition = parse_transition(transition)?;
-    let status = parse_job_status(status)?;
-    let number: i64 = row.try_get(3).db("reading a prebuild")?;
-    Ok(WorkspaceSnapshot {
-        id: WorkspaceId::new(row.try_get::<String, _>(0).db("reading a prebuild")?),
-        owner: PREBUILDS_OWNER.to_owned(),
-        preset: PresetId::new(row.try_get::<String, _>(1).db("reading a prebuild")?),
-        created_at: from_ms(
-            row.try_get(2).db("reading a prebuild")?,
-            "workspace created_at",
-        )?,
-        ready: transition == Transition::Start && status == JobStatus::Succeeded,
-        latest_build: LatestBuild {
-            number: to_u64(number, "build number")?,
-            transition,
-            status,
-            created_at: from_ms(row.try_get(6).db("reading a prebuild")?, "build created_at")?,
-            active_version: row.try_get(7).db("reading a prebuild")?,
-            picked_up: row.try_get(8).db("reading a prebuild")?,
-        },
-    })
-}
-
 /// The planner's snapshot, read on a connection that is already inside the snapshot transaction: the active
 /// presets, the live prebuilds, then by id the presets those point at that are not active, and the schedules of
 /// the presets that have some.
@@ -148,14 +122,7 @@ async fn read_snapshot(
         .fetch_all(&mut *conn)
         .await
         .db("reading presets")?;
-    let mut workspaces = Vec::new();
-    {
-        // Decoded as they arrive, so decoding overlaps the server's scan and no row buffer builds up.
-        let mut rows = sqlx::query(SNAPSHOT_WORKSPACES).fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await.db("reading prebuilds")? {
-            workspaces.push(snapshot_workspace(&row)?);
-        }
-    }
+    let mut workspaces = read_prebuilds(conn).await?;
 
     let mut known: std::collections::HashSet<String> =
         std::collections::HashSet::with_capacity(preset_rows.len());
@@ -250,6 +217,14 @@ async fn read_snapshot(
             },
         ));
     }
+    let active: HashMap<&str, bool> = presets
+        .iter()
+        .map(|(_, p)| (p.id.as_str(), p.active))
+        .collect();
+    for w in &mut workspaces {
+        w.latest_build.active_version = active.get(w.preset.as_str()).copied().unwrap_or(false);
+    }
+    drop(active);
     // Templates by name, versions by number, presets by name: a stable order for people and for diffs.
     presets.sort_unstable_by(|(va, a), (vb, b)| {
         (a.template.as_str(), *va, a.preset.as_str()).cmp(&(
