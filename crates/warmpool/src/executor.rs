@@ -2,11 +2,12 @@
 //! transaction. It makes no decisions the planner did not make; it only guards against the world having moved
 //! since the snapshot (a prebuild claimed meanwhile, a build already in progress, a version replaced).
 //!
-//! Creation follows the seed's backoff, made durable: a failed creation (the database refused it, or the
-//! template's `max_workspaces` quota is full) increments the preset's persisted failure record and stops creating
-//! for the preset in this tick (the record now holds creation); a successful one clears it (the store does that in
-//! the creating transaction). A preset that can never build — a required parameter without a value — is marked
-//! `validation_failed` instead and creates nothing until a new version.
+//! Creation follows the seed's backoff, made durable: every failed creation attempt (the database refused it, or
+//! the template's `max_workspaces` quota is full) increments the preset's persisted failure record, and every
+//! successful one clears it (the store does that in the creating transaction). As in the seed, a `create N` makes
+//! all N attempts; the record holds creation from the next tick on, which the planner decides. A preset that can
+//! never build — a required parameter without a value — is marked `validation_failed` instead and creates nothing
+//! until a new version.
 
 use std::collections::BTreeMap;
 
@@ -164,8 +165,9 @@ pub async fn execute_preset<S: Store>(
                                 fail(&mut result, "record the creation failure", &record);
                             }
                             result.wrote = true;
-                            // The record now holds creation for this preset.
-                            break;
+                            // As in the seed, the remaining attempts of this action are still made: each
+                            // failure adds one to the record and a success clears it. The record holds
+                            // creation from the next tick on.
                         }
                     }
                 }
