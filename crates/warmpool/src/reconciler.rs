@@ -65,6 +65,15 @@ impl Trigger {
     pub fn fire(&self) {
         self.0.notify_one();
     }
+
+    /// Consumes a trigger that fired while nobody was waiting, if there is one; never waits.
+    async fn forget_pending(&self) {
+        tokio::select! {
+            biased;
+            () = self.0.notified() => {}
+            () = std::future::ready(()) => {}
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -266,11 +275,14 @@ impl<S: Store> Reconciler<S> {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep_until(next) => {}
                 () = self.trigger.0.notified() => {
-                    // Fold a burst of triggers into this one tick.
+                    // Fold a burst of triggers into this one tick: wait out the debounce window, then forget
+                    // the triggers that arrived during it (the tick about to run reads a snapshot taken after
+                    // them). A trigger that arrives during the tick itself is kept and gives the next one.
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(DEBOUNCE) => {}
                     }
+                    self.trigger.forget_pending().await;
                 }
             }
         }
