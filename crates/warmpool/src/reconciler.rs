@@ -26,6 +26,7 @@ use warmpool_store::{ReconcileLock, Store, TickRecord};
 use crate::clock::Clock;
 use crate::config::ReconcilerConfig;
 use crate::executor::{self, chain};
+use crate::metrics::Metrics;
 use crate::worker::JobNotify;
 
 /// How many tick records are kept in memory.
@@ -87,6 +88,7 @@ pub struct Reconciler<S: Store> {
     jobs: JobNotify,
     history: Mutex<VecDeque<TickStatus>>,
     observed: RwLock<Option<Arc<Observed>>>,
+    metrics: Option<Metrics>,
 }
 
 impl<S: Store> Reconciler<S> {
@@ -106,7 +108,14 @@ impl<S: Store> Reconciler<S> {
             jobs,
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             observed: RwLock::new(None),
+            metrics: None,
         }
+    }
+
+    /// Observes every tick this replica reconciles in `warmpool_reconciliation_duration_seconds`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn trigger(&self) -> Trigger {
@@ -210,6 +219,11 @@ impl<S: Store> Reconciler<S> {
         .await;
         status.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         if status.lock_acquired {
+            if let Some(metrics) = &self.metrics {
+                metrics
+                    .reconciliation_duration
+                    .observe(status.duration_ms / 1000.0);
+            }
             let record = TickRecord {
                 replica_id: self.replica_id.clone(),
                 started_at: now,

@@ -31,6 +31,7 @@ use warmpool_store::{AcquiredJob, JobOutcome, ProcessRecord, RequeueOutcome, Sto
 use crate::clock::Clock;
 use crate::config::ProvisionerConfig;
 use crate::executor::chain;
+use crate::metrics::Metrics;
 use crate::provisioner::exec::{self, BuildRequest, BuildResult};
 use crate::provisioner::process;
 use crate::reconciler::Trigger;
@@ -128,6 +129,8 @@ pub struct Workers<S: Store> {
     pub jobs: JobNotify,
     /// Fired after every finished build, so the reconciler reacts at once.
     pub reconcile: Trigger,
+    /// `warmpool_build_duration_seconds`.
+    pub metrics: Metrics,
 }
 
 /// The delay before the next run of a delete that failed on its `attempts`-th run.
@@ -276,6 +279,17 @@ impl<S: Store> Workers<S> {
             return;
         }
         let now = self.clock.now();
+        let status = match &outcome.result {
+            BuildResult::Succeeded => "succeeded",
+            BuildResult::Failed(_) => "failed",
+            BuildResult::Canceled => "canceled",
+        };
+        self.metrics.observe_build(
+            &job.template,
+            job.build.transition.as_str(),
+            status,
+            elapsed.as_secs_f64(),
+        );
         let job_outcome = match &outcome.result {
             BuildResult::Succeeded => JobOutcome::Succeeded {
                 outputs: outcome.outputs.clone().map(serde_json::Value::Object),

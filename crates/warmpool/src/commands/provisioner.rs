@@ -90,6 +90,7 @@ pub fn run(args: &ProvisionerArgs) -> ExitCode {
             jobs: jobs.clone(),
             // No reconciler here: the servers' ticks notice finished builds within their interval.
             reconcile: Trigger::default(),
+            metrics: crate::metrics::Metrics::default(),
         });
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();

@@ -153,13 +153,17 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
     apply_config(store.as_ref(), &config, clock.as_ref()).await?;
 
     let jobs = JobNotify::default();
-    let reconciler = Arc::new(Reconciler::new(
-        Arc::clone(&store),
-        Arc::clone(&clock),
-        config.reconciler.clone(),
-        replica_id.clone(),
-        jobs.clone(),
-    ));
+    let metrics = Metrics::default();
+    let reconciler = Arc::new(
+        Reconciler::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            config.reconciler.clone(),
+            replica_id.clone(),
+            jobs.clone(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let workers = Arc::new(Workers {
         store: Arc::clone(&store),
         clock: Arc::clone(&clock),
@@ -170,6 +174,7 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
             .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
         jobs: jobs.clone(),
         reconcile: reconciler.trigger(),
+        metrics: metrics.clone(),
     });
 
     let shutdown = CancellationToken::new();
@@ -204,12 +209,12 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
         tokens: config.tokens.clone(),
         jobs: jobs.clone(),
     });
-    let metrics = Arc::new(MetricsState {
+    let metrics_state = Arc::new(MetricsState {
         store: Arc::clone(&store),
         reconciler: Arc::clone(&reconciler),
-        metrics: Metrics::default(),
+        metrics,
     });
-    let app = api::router(state).merge(crate::metrics::router(metrics));
+    let app = api::router(state).merge(crate::metrics::router(metrics_state));
     // Gauges come from the latest snapshot: a replica that does not hold the lock still reads one every 15 s.
     {
         let reconciler = Arc::clone(&reconciler);

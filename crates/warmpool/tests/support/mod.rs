@@ -441,6 +441,7 @@ impl<S: Backend> Env<S> {
             replica_id: "test-replica".into(),
             path_var: std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
             jobs: self.jobs.clone(),
+            metrics: warmpool::metrics::Metrics::default(),
             reconcile: self.reconciler.trigger(),
         })
     }
