@@ -1,14 +1,15 @@
 //! Typed ids. The planner treats every id as an opaque, non-empty string ordered as bytes; the store mints UUIDs
 //! (v7) and wraps them in these same types, so `warmpool plan` accepts any id a user writes.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
+/// Declares an opaque string id newtype (serde-transparent, ordered as bytes). Exported so the store declares its
+/// own ids (templates, versions, builds) the same way.
+#[macro_export]
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
+        )]
         #[serde(transparent)]
         pub struct $name(String);
 
@@ -22,8 +23,8 @@ macro_rules! id_type {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(&self.0)
             }
         }

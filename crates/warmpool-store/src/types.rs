@@ -6,7 +6,6 @@
 //! its provisioner job are one row, so a job is named by its [`BuildId`] ([`JobId`] is an alias).
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,36 +13,7 @@ use warmpool_core::ids::{PresetId, WorkspaceId};
 use warmpool_core::model::{CreationFailures, JobStatus, PresetStatus, Transition};
 use warmpool_core::template::{BuildDefinition, ParameterSpec, PoolSpec};
 
-macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn new(id: impl Into<String>) -> Self {
-                $name(id.into())
-            }
-
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl From<&str> for $name {
-            fn from(id: &str) -> Self {
-                $name(id.to_owned())
-            }
-        }
-    };
-}
+use warmpool_core::id_type;
 
 id_type!(
     /// A template (one per name, for ever: deleting and re-applying a name revives the same template).
