@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use warmpool_core::duration::Duration;
 use warmpool_core::model::MAX_INSTANCES;
 use warmpool_core::schedule::{Cron, Schedule, Scheduling, SchedulingError, parse_timezone};
@@ -49,22 +50,33 @@ impl FieldError {
 /// Default build timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// A template as the config file's `[[templates]]` table and the body of `PUT /api/v1/templates/{name}` give
+/// it. Unknown fields are refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TemplateInput)]
 pub struct RawTemplate {
     /// Required in the config file; in an API body it may be left out (the path names the template).
     #[serde(default)]
     pub name: Option<String>,
+    /// `exec` (the default).
     #[serde(default)]
     pub provisioner: Option<String>,
+    /// Required: argv, never passed through a shell. Through the API `command[0]` is absolute or a bare name.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// A duration (`30m`, the default; units `d`, `h`, `m`, `s`, `ms` in descending order).
     #[serde(default)]
+    #[schema(example = "30m")]
     pub timeout: Option<String>,
+    /// Change it to force a new version when the script changed.
     #[serde(default)]
     pub revision: Option<String>,
+    /// Quota of live workspaces of this template, pooled and claimed; changes in place.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000000)]
     pub max_workspaces: Option<i64>,
+    /// A claim runs a `start` build with the new owner; changes in place.
     #[serde(default)]
     pub claim_build: Option<bool>,
     #[serde(default)]
@@ -73,8 +85,9 @@ pub struct RawTemplate {
     pub presets: Vec<RawPreset>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ParameterInput)]
 pub struct RawParameter {
     pub name: String,
     #[serde(default)]
@@ -85,33 +98,46 @@ pub struct RawParameter {
     pub sensitive: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PresetInput)]
 pub struct RawPreset {
     pub name: String,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// Desired prebuilds; absent and no `scheduling` means no pool. Changes in place.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000)]
     pub instances: Option<i64>,
+    /// A prebuild older than this is replaced (a duration; `0s` means never). Changes in place.
     #[serde(default)]
+    #[schema(example = "24h")]
     pub ttl: Option<String>,
+    /// Schedules that raise or lower `instances` as time ranges in a time zone. Changes in place.
     #[serde(default)]
     pub scheduling: Option<RawScheduling>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SchedulingInput)]
 pub struct RawScheduling {
+    /// Required: an IANA time zone name.
     #[serde(default)]
+    #[schema(example = "Europe/Berlin")]
     pub timezone: Option<String>,
     #[serde(default)]
     pub schedules: Vec<RawSchedule>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ScheduleInput)]
 pub struct RawSchedule {
+    /// `minute hour day-of-month month day-of-week`; the minute field is `*`; no steps or names.
+    #[schema(example = "* 8-18 * * 1-5")]
     pub cron: String,
+    #[schema(minimum = 0, maximum = 1000)]
     pub instances: i64,
 }
 

@@ -17,30 +17,44 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 use warmpool_store::{ClaimOutcome, ClaimRequest, IdempotencyBegin, Store};
 
 use super::error::{ApiError, parse_body};
+use super::views::{ClaimAnswer, ErrorBody};
 use super::{AppState, views};
 use crate::template_input::{is_valid_name, is_valid_owner_name};
 
-#[derive(Debug, Deserialize)]
+/// A claim: the active version's preset to claim from, for whom, and what to do when nothing is ready.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ClaimBody {
+pub struct ClaimBody {
+    #[schema(example = "devbox")]
     template: String,
+    #[schema(example = "small")]
     preset: String,
+    /// Defaults to the caller's token name; `prebuilds` is refused.
     #[serde(default)]
+    #[schema(example = "alice", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     owner: Option<String>,
+    /// Defaults to `<owner>-<preset>-<6 random [a-z0-9]>`, cut to 63 characters.
     #[serde(default)]
+    #[schema(example = "alice-1", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     name: Option<String>,
+    /// Default `build`.
     #[serde(default)]
     fallback: Option<Fallback>,
+    /// Kept 24 h per owner: the same key and body answer the first answer again.
     #[serde(default)]
+    #[schema(example = "k1", min_length = 1, max_length = 200)]
     idempotency_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// With no ready prebuild: `build` creates and builds a workspace for the user (202), `none` answers 409
+/// `pool_empty`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-enum Fallback {
+pub enum Fallback {
     Build,
     None,
 }
@@ -57,6 +71,24 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// Claims a workspace: the oldest ready, unexpired prebuild of the active version's preset moves to the owner.
+#[utoipa::path(
+    post,
+    path = "/api/v1/claims",
+    operation_id = "claim",
+    tag = "claims",
+    request_body = ClaimBody,
+    responses(
+        (status = 201, description = "Warm: a prebuild was handed over (with `claim_build`, `build` is the `start` \
+build that follows with the new owner)", body = ClaimAnswer),
+        (status = 202, description = "Cold (`fallback = build`): a new workspace is being built for the owner", body = ClaimAnswer),
+        (status = 400, description = "`bad_request`, naming the field", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a user token claiming for another owner", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such active template or preset", body = ErrorBody),
+        (status = 409, description = "`pool_empty` (`fallback = none`), `quota_exceeded`, `name_taken`, \
+`idempotency_conflict`", body = ErrorBody),
+    ),
+)]
 pub async fn claim<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -204,12 +236,15 @@ async fn run_claim<S: Store>(
     state.reconciler.trigger().fire();
     match outcome? {
         ClaimOutcome::Claimed { workspace, build } => {
-            let mut answer = json!({"workspace": views::workspace(&workspace), "warm": true});
-            if let (Some(build), Some(map)) = (build, answer.as_object_mut()) {
-                map.insert("build".into(), views::build(&build));
+            if build.is_some() {
                 state.jobs.wake();
             }
-            Ok((StatusCode::CREATED, answer))
+            let answer = ClaimAnswer {
+                workspace: views::workspace(&workspace),
+                warm: true,
+                build: build.as_ref().map(views::build),
+            };
+            Ok((StatusCode::CREATED, to_value(&answer)?))
         }
         ClaimOutcome::PoolEmpty => match fallback {
             Fallback::None => Err(ApiError::conflict(
@@ -225,11 +260,25 @@ async fn run_claim<S: Store>(
                     .create_workspace(&request, state.clock.now())
                     .await?;
                 state.jobs.wake();
-                Ok((
-                    StatusCode::ACCEPTED,
-                    json!({"workspace": views::workspace(&workspace), "warm": false, "build": views::build(&build)}),
-                ))
+                let answer = ClaimAnswer {
+                    workspace: views::workspace(&workspace),
+                    warm: false,
+                    build: Some(views::build(&build)),
+                };
+                Ok((StatusCode::ACCEPTED, to_value(&answer)?))
             }
         },
     }
+}
+
+/// The answer as JSON, kept as a value so an idempotent replay answers the very same body.
+fn to_value(answer: &ClaimAnswer) -> Result<Value, ApiError> {
+    serde_json::to_value(answer).map_err(|err| {
+        tracing::error!(error = %err, "cannot serialize a claim answer");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    })
 }

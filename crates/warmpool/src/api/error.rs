@@ -96,13 +96,21 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Parses a JSON body, naming the field of the first problem (`owner: invalid type: ...`).
+/// Parses a JSON object body, naming the field of the first problem (`owner: invalid type: ...`); a body that is
+/// not an object at all (empty, an array, a string) is refused as a whole (`body: ...`), since serde would read
+/// an array as the struct's fields in order.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        None => return Err(ApiError::bad_request("body: a JSON object is required")),
+        Some(_) => return Err(ApiError::bad_request("body: expected a JSON object")),
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        if path == "." || path.is_empty() {
+        // `.` is the body itself; `?` a place serde could not name (the body ended early).
+        if path == "." || path.is_empty() || path.starts_with('?') {
             ApiError::bad_request(format!("body: {inner}"))
         } else {
             ApiError::bad_request(format!("{path}: {inner}"))

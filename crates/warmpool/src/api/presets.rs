@@ -8,14 +8,24 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
 use warmpool_core::plan::{TargetSource, format_timestamp};
 use warmpool_store::Store;
 
 use super::error::{ApiError, parse_body};
+use super::views::{
+    ErrorBody, Invalidated, PlanAnswer, PresetList, PresetPool, PresetSettings,
+    PresetSettingsAnswer,
+};
 use super::{AppState, views};
 
+/// The pools: every active preset with a pool, and inactive presets that still have prebuilds.
+#[utoipa::path(
+    get,
+    path = "/api/v1/presets",
+    operation_id = "list_presets",
+    tag = "presets",
+    responses((status = 200, body = PresetList)),
+)]
 pub async fn list<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -26,7 +36,7 @@ pub async fn list<S: Store>(
         .snapshot(state.clock.now(), state.reconciler.config().planner)
         .await?;
     let plan = warmpool_core::plan(&snapshot);
-    let presets: Vec<Value> = snapshot
+    let presets = snapshot
         .presets
         .iter()
         .zip(&plan.presets)
@@ -36,29 +46,35 @@ pub async fn list<S: Store>(
                 !preset.active && (entry.state.actual > 0 || entry.state.starting > 0);
             has_pool || still_holds
         })
-        .map(|(preset, entry)| {
-            let mut out = json!({
-                "template": preset.template,
-                "preset": preset.preset,
-                "active": preset.active,
-                "state": entry.state,
-                "status": entry.status,
-                "paused": preset.paused,
-            });
-            if let Some(map) = out.as_object_mut() {
-                if let Some(version) = &preset.template_version {
-                    map.insert("template_version".into(), json!(version));
-                }
-                if let Some(until) = views::backoff_until(entry) {
-                    map.insert("backoff_until".into(), json!(format_timestamp(&until)));
-                }
-            }
-            out
+        .map(|(preset, entry)| PresetPool {
+            template: preset.template.clone(),
+            preset: preset.preset.clone(),
+            template_version: preset.template_version.clone(),
+            active: preset.active,
+            state: entry.state,
+            status: entry.status,
+            paused: preset.paused,
+            backoff_until: views::backoff_until(entry).map(|until| format_timestamp(&until)),
         })
         .collect();
-    Ok(Json(json!({"presets": presets})).into_response())
+    Ok(Json(PresetList { presets }).into_response())
 }
 
+/// The live plan of the active version's preset: `{"presets": [its entry]}`, as `warmpool plan` prints it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/presets/{template}/{preset}/plan",
+    operation_id = "get_preset_plan",
+    tag = "presets",
+    params(
+        ("template" = String, Path, description = "The template's name"),
+        ("preset" = String, Path, description = "The preset's name"),
+    ),
+    responses(
+        (status = 200, body = PlanAnswer),
+        (status = 404, description = "`not_found`: no such active preset, or it has no pool", body = ErrorBody),
+    ),
+)]
 pub async fn plan<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -76,7 +92,10 @@ pub async fn plan<S: Store>(
         .await?;
     let plan = warmpool_core::plan(&snapshot);
     match plan.preset(&info.id) {
-        Some(entry) => Ok(Json(json!({"presets": [entry]})).into_response()),
+        Some(entry) => Ok(Json(PlanAnswer {
+            presets: vec![entry.clone()],
+        })
+        .into_response()),
         // An active preset without a pool is not part of the snapshot: nothing to plan.
         None => Err(ApiError::not_found(format!(
             "preset {template}/{preset} has no pool"
@@ -84,12 +103,24 @@ pub async fn plan<S: Store>(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PresetSettings {
-    paused: bool,
-}
-
+/// Pauses or resumes one preset (kept by template and preset name, across versions).
+#[utoipa::path(
+    put,
+    path = "/api/v1/presets/{template}/{preset}/settings",
+    operation_id = "set_preset_paused",
+    tag = "presets",
+    params(
+        ("template" = String, Path, description = "The template's name"),
+        ("preset" = String, Path, description = "The preset's name"),
+    ),
+    request_body = PresetSettings,
+    responses(
+        (status = 200, body = PresetSettingsAnswer),
+        (status = 400, description = "`bad_request`, naming the field", body = ErrorBody),
+        (status = 403, description = "`forbidden`: admin only", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such active preset", body = ErrorBody),
+    ),
+)]
 pub async fn settings<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -113,12 +144,30 @@ pub async fn settings<S: Store>(
         .set_preset_paused(&template, &preset, body.paused, state.clock.now())
         .await?;
     state.reconciler.trigger().fire();
-    Ok(
-        Json(json!({"template": template, "preset": preset, "paused": body.paused}))
-            .into_response(),
-    )
+    Ok(Json(PresetSettingsAnswer {
+        template,
+        preset,
+        paused: body.paused,
+    })
+    .into_response())
 }
 
+/// Expires every current prebuild of the active version's preset; the reconciler replaces them.
+#[utoipa::path(
+    post,
+    path = "/api/v1/presets/{template}/{preset}/invalidate",
+    operation_id = "invalidate_preset",
+    tag = "presets",
+    params(
+        ("template" = String, Path, description = "The template's name"),
+        ("preset" = String, Path, description = "The preset's name"),
+    ),
+    responses(
+        (status = 200, body = Invalidated),
+        (status = 403, description = "`forbidden`: admin only", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such active preset", body = ErrorBody),
+    ),
+)]
 pub async fn invalidate<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -140,5 +189,5 @@ pub async fn invalidate<S: Store>(
         .invalidate_preset(&template, &preset, state.clock.now())
         .await?;
     state.reconciler.trigger().fire();
-    Ok(Json(json!({"invalidated": n})).into_response())
+    Ok(Json(Invalidated { invalidated: n }).into_response())
 }

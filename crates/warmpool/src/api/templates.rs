@@ -1,5 +1,7 @@
 //! Templates through the API: list, show, apply (`PUT`, the config file's fields as JSON, validated the same
-//! way), delete.
+//! way as the config file, so every 400 names the field by its path inside the template, `presets[0].ttl`),
+//! delete. Applying is idempotent: the same body answers the same template and changes nothing. Through the API
+//! a relative `command[0]` is refused: there is no file for it to be relative to.
 
 use std::sync::Arc;
 
@@ -8,23 +10,43 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use warmpool_store::{AppliedBy, Store};
 
 use super::error::{ApiError, parse_body};
+use super::views::{Deleted, ErrorBody, Template, TemplateList};
 use super::{AppState, views};
 use crate::template_input::{RawTemplate, validate_template};
 
+/// Every template (deleted ones too), with versions and presets, ordered by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates",
+    operation_id = "list_templates",
+    tag = "templates",
+    responses((status = 200, body = TemplateList)),
+)]
 pub async fn list<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.caller(&headers)?;
     let templates = state.store.list_templates().await?;
-    let templates: Vec<_> = templates.iter().map(views::template).collect();
-    Ok(Json(json!({"templates": templates})).into_response())
+    let templates = templates.iter().map(views::template).collect();
+    Ok(Json(TemplateList { templates }).into_response())
 }
 
+/// One template with its versions and presets.
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates/{name}",
+    operation_id = "get_template",
+    tag = "templates",
+    params(("name" = String, Path, description = "The template's name")),
+    responses(
+        (status = 200, body = Template),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn show<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -37,6 +59,21 @@ pub async fn show<S: Store>(
     }
 }
 
+/// Applies one template (the config file's fields as JSON). A change to what is built creates and activates a
+/// new version; pool settings, `max_workspaces` and `claim_build` change in place. Answers the template.
+#[utoipa::path(
+    put,
+    path = "/api/v1/templates/{name}",
+    operation_id = "apply_template",
+    tag = "templates",
+    params(("name" = String, Path, description = "The template's name")),
+    request_body = RawTemplate,
+    responses(
+        (status = 200, description = "The template as it now is (the same body when nothing changed)", body = Template),
+        (status = 400, description = "`bad_request`, naming the field (`presets[0].ttl: ...`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: admin only", body = ErrorBody),
+    ),
+)]
 pub async fn apply<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -65,6 +102,19 @@ pub async fn apply<S: Store>(
     Ok(Json(views::template(&result.template)).into_response())
 }
 
+/// Marks a template deleted; its prebuilds are deleted by the reconciler.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/templates/{name}",
+    operation_id = "delete_template",
+    tag = "templates",
+    params(("name" = String, Path, description = "The template's name")),
+    responses(
+        (status = 202, body = Deleted),
+        (status = 403, description = "`forbidden`: admin only", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn delete<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -76,5 +126,5 @@ pub async fn delete<S: Store>(
         .delete_template(&name, state.clock.now())
         .await?;
     state.reconciler.trigger().fire();
-    Ok((StatusCode::ACCEPTED, Json(json!({"deleted": name}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(Deleted { deleted: name })).into_response())
 }

@@ -8,15 +8,32 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use warmpool_core::ids::WorkspaceId;
 use warmpool_core::model::Transition;
 use warmpool_store::{BuildId, Store, WorkspaceFilter, WorkspaceRecord};
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::views::{BuildList, ErrorBody, Queued, Workspace, WorkspaceList};
 use super::{AppState, views};
 
+/// Workspaces (deleted ones left out), oldest first. A user token lists its own only.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workspaces",
+    operation_id = "list_workspaces",
+    tag = "workspaces",
+    params(
+        ("owner" = Option<String>, Query, description = "Only this owner's (`prebuilds`: the pools)"),
+        ("template" = Option<String>, Query, description = "Only this template's"),
+        ("preset" = Option<String>, Query, description = "Only this preset's"),
+    ),
+    responses(
+        (status = 200, body = WorkspaceList),
+        (status = 400, description = "`bad_request`: an unknown query parameter", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a user token naming another owner", body = ErrorBody),
+    ),
+)]
 pub async fn list<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -45,8 +62,8 @@ pub async fn list<S: Store>(
         include_deleted: false,
     };
     let workspaces = state.store.list_workspaces(&filter).await?;
-    let workspaces: Vec<_> = workspaces.iter().map(views::workspace).collect();
-    Ok(Json(json!({"workspaces": workspaces})).into_response())
+    let workspaces = workspaces.iter().map(views::workspace).collect();
+    Ok(Json(WorkspaceList { workspaces }).into_response())
 }
 
 async fn owned<S: Store>(
@@ -63,6 +80,19 @@ async fn owned<S: Store>(
     Ok(workspace)
 }
 
+/// One workspace: its status follows the latest build (a claim build's progress shows here).
+#[utoipa::path(
+    get,
+    path = "/api/v1/workspaces/{id}",
+    operation_id = "get_workspace",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "The workspace's id")),
+    responses(
+        (status = 200, body = Workspace),
+        (status = 403, description = "`forbidden`: another owner's workspace", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn show<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -89,11 +119,27 @@ async fn queue<S: Store>(
     state.reconciler.trigger().fire();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"build": views::build(&build)})),
+        Json(Queued {
+            build: views::build(&build),
+        }),
     )
         .into_response())
 }
 
+/// Queues a `start` build.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workspaces/{id}/start",
+    operation_id = "start_workspace",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "The workspace's id")),
+    responses(
+        (status = 202, body = Queued),
+        (status = 403, description = "`forbidden`: another owner's workspace", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: a build is in progress", body = ErrorBody),
+    ),
+)]
 pub async fn start<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -102,6 +148,20 @@ pub async fn start<S: Store>(
     queue(&state, &headers, &id, Transition::Start).await
 }
 
+/// Queues a `stop` build; a stopped prebuild leaves the pool.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workspaces/{id}/stop",
+    operation_id = "stop_workspace",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "The workspace's id")),
+    responses(
+        (status = 202, body = Queued),
+        (status = 403, description = "`forbidden`: another owner's workspace", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: a build is in progress", body = ErrorBody),
+    ),
+)]
 pub async fn stop<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -110,6 +170,20 @@ pub async fn stop<S: Store>(
     queue(&state, &headers, &id, Transition::Stop).await
 }
 
+/// Queues a `delete` build.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/workspaces/{id}",
+    operation_id = "delete_workspace",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "The workspace's id")),
+    responses(
+        (status = 202, body = Queued),
+        (status = 403, description = "`forbidden`: another owner's workspace", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: a build is in progress", body = ErrorBody),
+    ),
+)]
 pub async fn delete<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -118,6 +192,19 @@ pub async fn delete<S: Store>(
     queue(&state, &headers, &id, Transition::Delete).await
 }
 
+/// The workspace's builds, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workspaces/{id}/builds",
+    operation_id = "list_builds",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "The workspace's id")),
+    responses(
+        (status = 200, body = BuildList),
+        (status = 403, description = "`forbidden`: another owner's workspace", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn builds<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
@@ -126,10 +213,23 @@ pub async fn builds<S: Store>(
     let caller = state.caller(&headers)?;
     let workspace = owned(&state, &caller, &id).await?;
     let builds = state.store.list_builds(&workspace.id).await?;
-    let builds: Vec<_> = builds.iter().map(views::build).collect();
-    Ok(Json(json!({"builds": builds})).into_response())
+    let builds = builds.iter().map(views::build).collect();
+    Ok(Json(BuildList { builds }).into_response())
 }
 
+/// A build's log: standard output and error, the last 1 MiB, sensitive values as `***`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/builds/{id}/log",
+    operation_id = "get_build_log",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "The build's id")),
+    responses(
+        (status = 200, description = "The log text", body = String, content_type = "text/plain"),
+        (status = 403, description = "`forbidden`: another owner's workspace", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn log<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,

@@ -2,8 +2,14 @@
 //! `http://127.0.0.1:7080`; `--token`, env `WARMPOOL_TOKEN`), print tables for people and, with `--json`, the API's
 //! JSON body. Exit status: 0 success, 1 failure (the server's message on standard error), 2 usage or invalid
 //! input, 3 pool empty (`claim --fallback none`).
+//!
+//! Readings: a 400 from the server is invalid input too (exit 2, its message on stderr), like the client's own
+//! checks; `apply --json` prints `{"templates": [the API's answer per template], "deleted": [names]}` and `status
+//! --json` prints `{"status": ..., "presets": [...]}` (two API bodies in one); `logs` prints the log text, with or
+//! without `--json`, since the API's answer is text. `claim --wait` polls the workspace every 250 ms and draws a
+//! spinner only when standard error is a terminal.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -99,10 +105,11 @@ impl Client {
                 .map(str::to_owned)
                 .unwrap_or_else(|| value.to_string());
             let code = value.get("code").and_then(Value::as_str).unwrap_or("");
-            let exit = if code == "pool_empty" {
-                EXIT_POOL_EMPTY
-            } else {
-                1
+            // The server refusing the input is invalid input (2), like the client's own checks.
+            let exit = match (status, code) {
+                (_, "pool_empty") => EXIT_POOL_EMPTY,
+                (400, _) => EXIT_INVALID,
+                _ => 1,
             };
             return Err(Failure::new(exit, format!("{message} ({status} {code})")));
         }
@@ -330,32 +337,40 @@ pub fn claim(args: &ClientArgs, claim: &ClaimArgs) -> ExitCode {
         let warm = answer["warm"] == json!(true);
         if claim.wait && workspace["status"] != json!("running") {
             let id = s(&workspace, "id");
+            // A spinner for people; scripts reading stderr get only the failures.
+            let spinner = std::io::stderr().is_terminal();
             let frames = ['|', '/', '-', '\\'];
             let mut i = 0usize;
             loop {
                 std::thread::sleep(Duration::from_millis(250));
                 workspace = client.get(&format!("/api/v1/workspaces/{id}"))?;
                 let status = s(&workspace, "status");
+                let done = status == "running"
+                    || matches!(
+                        status.as_str(),
+                        "failed" | "canceled" | "deleted" | "deleting" | "stopped"
+                    );
+                if spinner {
+                    if done {
+                        eprint!("\r\x1b[K");
+                    } else {
+                        eprint!(
+                            "\r{} building {} ({status})",
+                            frames[i % 4],
+                            s(&workspace, "name")
+                        );
+                    }
+                    let _ = std::io::stderr().flush();
+                }
                 if status == "running" {
-                    eprint!("\r\x1b[K");
                     break;
                 }
-                if matches!(
-                    status.as_str(),
-                    "failed" | "canceled" | "deleted" | "deleting" | "stopped"
-                ) {
-                    eprint!("\r\x1b[K");
+                if done {
                     return Err(Failure::new(
                         1,
                         format!("workspace {id} is {status}; see `warmpool logs {id}`"),
                     ));
                 }
-                eprint!(
-                    "\r{} building {} ({status})",
-                    frames[i % 4],
-                    s(&workspace, "name")
-                );
-                let _ = std::io::stderr().flush();
                 i += 1;
             }
         }
@@ -547,6 +562,8 @@ pub fn apply(args: &ClientArgs, apply: &ApplyArgs) -> ExitCode {
         let config =
             config::load(&apply.file).map_err(|e| Failure::new(EXIT_INVALID, e.to_string()))?;
         let client = Client::new(args)?;
+        let mut applied = Vec::new();
+        let mut deleted = Vec::new();
         for spec in &config.templates {
             let body = serde_json::to_value(raw_from_spec(spec)).unwrap_or(Value::Null);
             let (_, answer) = client.send(
@@ -554,7 +571,9 @@ pub fn apply(args: &ClientArgs, apply: &ApplyArgs) -> ExitCode {
                 &format!("/api/v1/templates/{}", spec.name),
                 Some(&body),
             )?;
-            if !args.json {
+            if args.json {
+                applied.push(answer);
+            } else {
                 println!(
                     "{}: active version {}",
                     spec.name,
@@ -575,8 +594,12 @@ pub fn apply(args: &ClientArgs, apply: &ApplyArgs) -> ExitCode {
                     if !args.json {
                         println!("{name}: deleted");
                     }
+                    deleted.push(name);
                 }
             }
+        }
+        if args.json {
+            client.print(&json!({"templates": applied, "deleted": deleted}));
         }
         Ok(())
     })())

@@ -1,4 +1,6 @@
-//! `warmpool token new NAME --role user|admin`: a fresh random token and the `[[auth.tokens]]` lines to paste.
+//! `warmpool token new NAME --role user|admin [--json]`: a fresh random token and the `[[auth.tokens]]` lines to
+//! paste (the token on the first line, so `| head -1` gives it to a script). Only its SHA-256 goes into the
+//! config; the token itself is printed once and kept nowhere.
 
 use std::process::ExitCode;
 
@@ -26,6 +28,9 @@ pub struct NewArgs {
     name: String,
     #[arg(long, value_enum, default_value = "user")]
     role: RoleArg,
+    /// Print `{"token", "name", "role", "sha256"}` instead.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(command: &TokenCommand) -> ExitCode {
@@ -52,6 +57,13 @@ pub fn run(command: &TokenCommand) -> ExitCode {
                 RoleArg::Admin => "admin",
                 RoleArg::User => "user",
             };
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"token": token, "name": args.name, "role": role, "sha256": hash})
+                );
+                return ExitCode::SUCCESS;
+            }
             println!("{token}");
             println!();
             println!("# paste into the server's config:");
