@@ -145,7 +145,7 @@ fn claim_wait_presets_status_pause_and_resume() {
     // status: the ticks, the job queue and the pools.
     let (code, stdout, stderr) = outcome(&server.cli(&["status"]));
     assert_eq!(code, 0, "{stderr}");
-    for part in ["replica ", "jobs ", "TICK", "PRESET", "devbox/small"] {
+    for part in ["replica ", "jobs: ", "TICK", "PRESET", "devbox/small"] {
         assert!(stdout.contains(part), "{part:?} in {stdout}");
     }
     let (code, stdout, _) = outcome(&server.cli(&["status", "--json"]));
@@ -191,6 +191,19 @@ fn claim_wait_presets_status_pause_and_resume() {
     let (code, stdout, _) = outcome(&server.cli(&["delete", &cold_id, "--json"]));
     assert_eq!(code, 0);
     assert_eq!(json_of(&stdout)["build"]["transition"], json!("delete"));
+
+    // A reader that stops early (`warmpool status | head -1`) is no failure: no panic, exit 0.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warmpool"))
+        .args(["status", "--url", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let (code, _, stderr) = outcome(&out);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 
     // A server that does not answer: exit 1.
     let out = Command::new(env!("CARGO_BIN_EXE_warmpool"))

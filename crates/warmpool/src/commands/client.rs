@@ -21,6 +21,23 @@ use super::EXIT_INVALID;
 use crate::config;
 use crate::template_input::raw_from_spec;
 
+/// Writes a line to standard output; a closed pipe (`warmpool status | head -3`) is not an error: the rest of the
+/// output is dropped and the command finishes as it would have.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// [`out!`] without the newline.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Exit status when `claim --fallback none` finds the pool empty.
 pub const EXIT_POOL_EMPTY: u8 = 3;
 
@@ -121,7 +138,7 @@ impl Client {
     }
 
     fn print(&self, value: &Value) {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         );
@@ -147,7 +164,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        out!("{}", out.trim_end());
     };
     line(header.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
@@ -244,16 +261,27 @@ pub fn status(args: &ClientArgs) -> ExitCode {
             client.print(&json!({"status": status, "presets": presets["presets"]}));
             return Ok(());
         }
-        println!(
+        out!(
             "replica {}   last tick by {}",
             s(&status, "replica_id"),
             s(&status, "last_tick_replica")
         );
         let jobs = &status["jobs"];
-        println!(
-            "jobs {}   oldest pending {}s   failing deletes {}",
-            jobs["by_status"],
-            s(jobs, "oldest_pending_age_seconds"),
+        let by_status: Vec<String> = jobs["by_status"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+            .unwrap_or_default();
+        let oldest = match jobs["oldest_pending_age_seconds"].as_f64() {
+            Some(age) => format!("{age:.1}s"),
+            None => "-".to_owned(),
+        };
+        out!(
+            "jobs: {}   oldest pending: {oldest}   failing deletes: {}",
+            if by_status.is_empty() {
+                "none".to_owned()
+            } else {
+                by_status.join(", ")
+            },
             s(jobs, "failing_deletes")
         );
         let ticks: Vec<Vec<String>> = status["ticks"]
@@ -277,9 +305,9 @@ pub fn status(args: &ClientArgs) -> ExitCode {
                     .collect()
             })
             .unwrap_or_default();
-        println!();
+        out!();
         table(&["TICK", "DURATION", "LOCK", "ACTIONS", "ERRORS"], &ticks);
-        println!();
+        out!();
         print_presets(&client, &presets);
         Ok(())
     })())
@@ -382,7 +410,7 @@ pub fn claim(args: &ClientArgs, claim: &ClaimArgs) -> ExitCode {
             client.print(&out);
             return Ok(());
         }
-        println!(
+        out!(
             "{} {} ({}) for {}: {}",
             if warm { "claimed" } else { "building" },
             s(&workspace, "name"),
@@ -392,7 +420,7 @@ pub fn claim(args: &ClientArgs, claim: &ClaimArgs) -> ExitCode {
         );
         if let Some(outputs) = workspace.get("outputs").and_then(Value::as_object) {
             for (k, v) in outputs {
-                println!(
+                out!(
                     "  {k} = {}",
                     v.as_str().map_or_else(|| v.to_string(), str::to_owned)
                 );
@@ -479,7 +507,7 @@ pub fn transition(args: &ClientArgs, id: &str, action: &str) -> ExitCode {
         if args.json {
             client.print(&answer);
         } else {
-            println!(
+            out!(
                 "queued {} build {} of {id}",
                 action,
                 s(&answer["build"], "id")
@@ -510,7 +538,7 @@ pub fn pause(args: &ClientArgs, preset: Option<&str>, paused: bool) -> ExitCode 
         if args.json {
             client.print(&answer);
         } else {
-            println!(
+            out!(
                 "{} {}",
                 preset.unwrap_or("reconciliation"),
                 if paused { "paused" } else { "resumed" }
@@ -539,8 +567,8 @@ pub fn logs(args: &ClientArgs, workspace: &str, build: Option<&str>) -> ExitCode
         };
         let log = client.get(&format!("/api/v1/builds/{build_id}/log"))?;
         match log {
-            Value::String(text) => print!("{text}"),
-            other => print!("{other}"),
+            Value::String(text) => out_raw!("{text}"),
+            other => out_raw!("{other}"),
         }
         Ok(())
     })())
@@ -574,7 +602,7 @@ pub fn apply(args: &ClientArgs, apply: &ApplyArgs) -> ExitCode {
             if args.json {
                 applied.push(answer);
             } else {
-                println!(
+                out!(
                     "{}: active version {}",
                     spec.name,
                     s(&answer, "active_version")
@@ -592,7 +620,7 @@ pub fn apply(args: &ClientArgs, apply: &ApplyArgs) -> ExitCode {
                         None,
                     )?;
                     if !args.json {
-                        println!("{name}: deleted");
+                        out!("{name}: deleted");
                     }
                     deleted.push(name);
                 }

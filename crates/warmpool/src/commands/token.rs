@@ -58,19 +58,19 @@ pub fn run(command: &TokenCommand) -> ExitCode {
                 RoleArg::User => "user",
             };
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"token": token, "name": args.name, "role": role, "sha256": hash})
+                let text = serde_json::json!({"token": token, "name": args.name, "role": role, "sha256": hash});
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stdout().lock(),
+                    format!("{text}\n").as_bytes(),
                 );
                 return ExitCode::SUCCESS;
             }
-            println!("{token}");
-            println!();
-            println!("# paste into the server's config:");
-            println!("[[auth.tokens]]");
-            println!("name = \"{}\"", args.name);
-            println!("role = \"{role}\"");
-            println!("sha256 = \"{hash}\"");
+            let text = format!(
+                "{token}\n\n# paste into the server's config:\n[[auth.tokens]]\nname = \"{}\"\nrole = \"{role}\"\nsha256 = \"{hash}\"\n",
+                args.name
+            );
+            // One write, and a closed pipe (`| head -1`) is not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
             ExitCode::SUCCESS
         }
     }
