@@ -10,6 +10,9 @@
 //! (the same reading as `/healthz`, `/readyz` and `/metrics`). It also lists `GET /metrics`, which
 //! [`crate::metrics::router`] serves and `serve` merges in.
 //!
+//! Bodies are read as JSON whatever their `Content-Type` says (so `curl -d '{...}'` works), and must be one JSON
+//! object with no unknown fields.
+//!
 //! Deliberately not here: an API browser (no swagger-ui crate: it downloads its assets at build time; any
 //! OpenAPI viewer can read the document), and versioning beyond the `/api/v1` prefix.
 
@@ -188,7 +191,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// Adds what every operation can answer: 401 where a token is needed (no `security(())` of its own), and 500.
+/// Adds what every operation that needs a token (no `security(())` of its own) can answer: 401, 500, 503.
 fn add_common_responses(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
     let error = |description: &str| {
@@ -216,18 +219,18 @@ fn add_common_responses(doc: &mut utoipa::openapi::OpenApi) {
                 s.iter()
                     .any(|r| serde_json::to_value(r).is_ok_and(|v| v == serde_json::json!({})))
             });
-            let responses = &mut operation.responses.responses;
-            if !public && !responses.contains_key("401") {
-                responses.insert(
-                    "401".to_owned(),
-                    error("`unauthorized`: a missing or unknown token").into(),
-                );
+            if public {
+                continue;
             }
-            if !responses.contains_key("500") {
-                responses.insert(
-                    "500".to_owned(),
-                    error("`internal`: see the server log").into(),
-                );
+            let responses = &mut operation.responses.responses;
+            for (status, description) in [
+                ("401", "`unauthorized`: a missing or unknown token"),
+                ("500", "`internal`: see the server log"),
+                ("503", "`unavailable`: the database does not answer"),
+            ] {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| error(description).into());
             }
         }
     }
@@ -241,7 +244,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .with_state(state)
 }
 
-/// `GET /api/openapi.json`: the document, rendered once.
+/// This OpenAPI document (rendered once per process).
 #[utoipa::path(
     get,
     path = "/api/openapi.json",
@@ -266,7 +269,8 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-/// Documents `GET /metrics`, which [`crate::metrics::router`] serves; never routed from here.
+// Documents `GET /metrics`, which `crate::metrics::router` serves and `serve` merges in; never routed from here.
+/// Prometheus metrics (SPEC section 8).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -279,7 +283,7 @@ latest snapshot, histograms in process", content_type = "application/openmetrics
 #[allow(dead_code)]
 fn metrics_doc() {}
 
-/// `GET /healthz`: the process answers.
+/// Liveness: the process answers.
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -292,7 +296,7 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: the database answers.
+/// Readiness: the database answers.
 #[utoipa::path(
     get,
     path = "/readyz",
