@@ -7,33 +7,12 @@
 //! ready agent); the pause gauge is read from the snapshot of every replica, not only the lock holder's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod support;
 
 use support::*;
 use warmpool::metrics::{Metrics, render};
-use warmpool_store::{ClaimOutcome, ClaimRequest, Store};
-
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::support::sqlite_db().await).await;
-                }
-            )*
-        }
-        mod pg {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = crate::support::pg_db().await else { return };
-                    super::$name(db).await;
-                }
-            )*
-        }
-    };
-}
+use warmpool_store::{ClaimOutcome, ClaimRequest};
 
 scenarios!(
     running_failed_and_claimed_prebuilds,

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,28 +32,6 @@ use warmpool_core::template::TemplateSpec;
 use warmpool_store::{AppliedBy, ClaimRequest, CounterName, JobOutcome, StoreError};
 
 use support::*;
-
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::support::sqlite_db().await).await;
-                }
-            )*
-        }
-        mod pg {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = crate::support::pg_db().await else { return };
-                    super::$name(db).await;
-                }
-            )*
-        }
-    };
-}
 
 scenarios!(
     no_pool_no_jobs,

@@ -9,6 +9,30 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// Instantiates each named scenario `async fn name<S: Backend>(db: Db<S>)` as the tests `sqlite::name` and
+/// `pg::name` (the latter skipped, saying so, when PostgreSQL is not available and not required).
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::sqlite_db().await).await;
+                }
+            )*
+        }
+        mod pg {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = crate::support::pg_db().await else { return };
+                    super::$name(db).await;
+                }
+            )*
+        }
+    };
+}
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
