@@ -231,7 +231,25 @@ async fn run_claim<S: Store>(
         owner,
         name,
     };
-    let outcome = state.store.claim(&request, state.clock.now()).await;
+    let started = std::time::Instant::now();
+    let answer = claim_or_fallback(state, &request, fallback).await;
+    if let Ok((status, _)) = &answer {
+        state.metrics.observe_claim(
+            &request.template,
+            &request.preset,
+            *status == StatusCode::CREATED,
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    answer
+}
+
+async fn claim_or_fallback<S: Store>(
+    state: &AppState<S>,
+    request: &ClaimRequest,
+    fallback: Fallback,
+) -> Result<(StatusCode, Value), ApiError> {
+    let outcome = state.store.claim(request, state.clock.now()).await;
     // Whatever happened, the pool may need a refill.
     state.reconciler.trigger().fire();
     match outcome? {
@@ -257,7 +275,7 @@ async fn run_claim<S: Store>(
             Fallback::Build => {
                 let (workspace, build) = state
                     .store
-                    .create_workspace(&request, state.clock.now())
+                    .create_workspace(request, state.clock.now())
                     .await?;
                 state.jobs.wake();
                 let answer = ClaimAnswer {

@@ -55,6 +55,8 @@ pub struct AppState<S: Store> {
     pub tokens: Vec<TokenConfig>,
     /// Wakes this process's build workers after a request queued a build.
     pub jobs: JobNotify,
+    /// `warmpool_claim_duration_seconds`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl<S: Store> AppState<S> {

@@ -208,6 +208,7 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
         reconciler: Arc::clone(&reconciler),
         tokens: config.tokens.clone(),
         jobs: jobs.clone(),
+        metrics: metrics.clone(),
     });
     let metrics_state = Arc::new(MetricsState {
         store: Arc::clone(&store),
