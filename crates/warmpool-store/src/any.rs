@@ -475,4 +475,46 @@ impl Store for AnyStore {
             AnyStore::Postgres(s) => s.prune(now).await,
         }
     }
+
+    async fn notification_states(&self) -> StoreResult<Vec<NotificationState>> {
+        match self {
+            AnyStore::Sqlite(s) => s.notification_states().await,
+            AnyStore::Postgres(s) => s.notification_states().await,
+        }
+    }
+
+    async fn record_notifications(
+        &self,
+        changes: &[NotificationChange],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        match self {
+            AnyStore::Sqlite(s) => s.record_notifications(changes, now).await,
+            AnyStore::Postgres(s) => s.record_notifications(changes, now).await,
+        }
+    }
+
+    async fn take_notifications(
+        &self,
+        now: DateTime<Utc>,
+        lease: TimeDelta,
+        limit: u32,
+    ) -> StoreResult<Vec<PendingNotification>> {
+        match self {
+            AnyStore::Sqlite(s) => s.take_notifications(now, lease, limit).await,
+            AnyStore::Postgres(s) => s.take_notifications(now, lease, limit).await,
+        }
+    }
+
+    async fn finish_notification(
+        &self,
+        id: &str,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        match self {
+            AnyStore::Sqlite(s) => s.finish_notification(id, outcome, now).await,
+            AnyStore::Postgres(s) => s.finish_notification(id, outcome, now).await,
+        }
+    }
 }

@@ -336,4 +336,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops claim events older than 7 days and idempotency keys older than 24 h.
     fn prune(&self, now: DateTime<Utc>) -> impl Future<Output = StoreResult<()>> + Send;
+
+    // ----- notifications -----
+
+    /// Every webhook's last notified state, per preset.
+    fn notification_states(
+        &self,
+    ) -> impl Future<Output = StoreResult<Vec<NotificationState>>> + Send;
+
+    /// Stores new states and queues their payloads, all in one transaction.
+    fn record_notifications(
+        &self,
+        changes: &[NotificationChange],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Takes up to `limit` payloads due at `now` that nobody holds, under a lease of `lease`, oldest first.
+    fn take_notifications(
+        &self,
+        now: DateTime<Utc>,
+        lease: chrono::TimeDelta,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<PendingNotification>>> + Send;
+
+    /// Records how a delivery attempt ended.
+    fn finish_notification(
+        &self,
+        id: &str,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 }

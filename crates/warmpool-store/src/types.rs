@@ -484,3 +484,48 @@ pub struct TickRecord {
     pub finished_at: DateTime<Utc>,
     pub summary: serde_json::Value,
 }
+
+/// The last state notified for one webhook and preset (an opaque JSON document of the notifier's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationState {
+    pub webhook: String,
+    pub template: String,
+    pub preset: String,
+    pub state: serde_json::Value,
+}
+
+/// A new state for one webhook and preset, and the payloads its change sends (possibly none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationChange {
+    pub webhook: String,
+    pub template: String,
+    pub preset: String,
+    pub state: serde_json::Value,
+    pub payloads: Vec<serde_json::Value>,
+}
+
+/// A payload taken from the outbox for delivery, under a short lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingNotification {
+    pub id: String,
+    pub webhook: String,
+    pub payload: serde_json::Value,
+    /// Delivery attempts before this one.
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    /// Failed; try again at `at`.
+    RetryAt {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    /// Failed for the last time.
+    GaveUp {
+        error: String,
+    },
+}

@@ -2533,6 +2533,186 @@ impl Store for ThisStore {
     async fn prune(&self, now: chrono::DateTime<chrono::Utc>) -> StoreResult<()> {
         self.inner.prune(now).await
     }
+
+    async fn notification_states(&self) -> StoreResult<Vec<NotificationState>> {
+        self.inner.notification_states().await
+    }
+
+    async fn record_notifications(
+        &self,
+        changes: &[NotificationChange],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        self.inner.record_notifications(changes, now).await
+    }
+
+    async fn take_notifications(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        lease: chrono::TimeDelta,
+        limit: u32,
+    ) -> StoreResult<Vec<PendingNotification>> {
+        self.inner.take_notifications(now, lease, limit).await
+    }
+
+    async fn finish_notification(
+        &self,
+        id: &str,
+        outcome: &DeliveryOutcome,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        self.inner.finish_notification(id, outcome, now).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Notifications
+
+impl Inner {
+    async fn notification_states(&self) -> StoreResult<Vec<NotificationState>> {
+        let rows = sqlx::query(
+            "SELECT webhook, template_name, preset_name, state FROM notification_state \
+             ORDER BY webhook, template_name, preset_name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .db("reading notification states")?;
+        rows.iter()
+            .map(|row| {
+                let state: String = col(row, "state")?;
+                Ok(NotificationState {
+                    webhook: col(row, "webhook")?,
+                    template: col(row, "template_name")?,
+                    preset: col(row, "preset_name")?,
+                    state: serde_json::from_str(&state)
+                        .map_err(|e| StoreError::corrupt(format!("notification state: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_notifications(
+        &self,
+        changes: &[NotificationChange],
+        now_dt: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let now = ms(now_dt);
+        let mut tx = self.begin_write().await?;
+        for change in changes {
+            sqlx::query(
+                "INSERT INTO notification_state (webhook, template_name, preset_name, state, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (webhook, template_name, preset_name) \
+                 DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            )
+            .bind(&change.webhook)
+            .bind(&change.template)
+            .bind(&change.preset)
+            .bind(change.state.to_string())
+            .bind(now)
+            .execute(tx.conn())
+            .await
+            .db("writing a notification state")?;
+            for payload in &change.payloads {
+                sqlx::query(
+                    "INSERT INTO notification_outbox (id, webhook, payload, attempts, next_attempt_at, created_at) \
+                     VALUES ($1, $2, $3, 0, $4, $5)",
+                )
+                .bind(new_id(now_dt))
+                .bind(&change.webhook)
+                .bind(payload.to_string())
+                .bind(now)
+                .bind(now)
+                .execute(tx.conn())
+                .await
+                .db("queueing a notification")?;
+            }
+        }
+        tx.commit().await
+    }
+
+    async fn take_notifications(
+        &self,
+        now_dt: chrono::DateTime<chrono::Utc>,
+        lease: chrono::TimeDelta,
+        limit: u32,
+    ) -> StoreResult<Vec<PendingNotification>> {
+        let now = ms(now_dt);
+        let mut tx = self.begin_write().await?;
+        // The criteria are in the UPDATE itself: a row another replica took meanwhile is not taken again.
+        let rows = sqlx::query(
+            "UPDATE notification_outbox SET lease_until = $1 \
+             WHERE id IN (SELECT id FROM notification_outbox \
+                          WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $2 \
+                            AND (lease_until IS NULL OR lease_until < $2) \
+                          ORDER BY created_at, id LIMIT $3) \
+               AND delivered_at IS NULL AND gave_up_at IS NULL AND (lease_until IS NULL OR lease_until < $2) \
+             RETURNING id, webhook, payload, attempts, created_at",
+        )
+        .bind(now + lease.num_milliseconds())
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(tx.conn())
+        .await
+        .db("taking notifications")?;
+        tx.commit().await?;
+        let mut taken = rows
+            .iter()
+            .map(|row| {
+                let payload: String = col(row, "payload")?;
+                Ok(PendingNotification {
+                    id: col(row, "id")?,
+                    webhook: col(row, "webhook")?,
+                    payload: serde_json::from_str(&payload)
+                        .map_err(|e| StoreError::corrupt(format!("notification payload: {e}")))?,
+                    attempts: to_u32(col(row, "attempts")?, "notification attempts")?,
+                    created_at: from_ms(col(row, "created_at")?, "notification created_at")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        taken.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(taken)
+    }
+
+    async fn finish_notification(
+        &self,
+        id: &str,
+        outcome: &DeliveryOutcome,
+        now_dt: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        let now = ms(now_dt);
+        let mut tx = self.begin_write().await?;
+        let query = match outcome {
+            DeliveryOutcome::Delivered => sqlx::query(
+                "UPDATE notification_outbox SET delivered_at = $1, lease_until = NULL, attempts = attempts + 1 \
+                 WHERE id = $2",
+            )
+            .bind(now)
+            .bind(id),
+            DeliveryOutcome::RetryAt { at, error } => sqlx::query(
+                "UPDATE notification_outbox SET next_attempt_at = $1, lease_until = NULL, attempts = attempts + 1, \
+                        last_error = $2 WHERE id = $3",
+            )
+            .bind(ms(*at))
+            .bind(error)
+            .bind(id),
+            DeliveryOutcome::GaveUp { error } => sqlx::query(
+                "UPDATE notification_outbox SET gave_up_at = $1, lease_until = NULL, attempts = attempts + 1, \
+                        last_error = $2 WHERE id = $3",
+            )
+            .bind(now)
+            .bind(error)
+            .bind(id),
+        };
+        query
+            .execute(tx.conn())
+            .await
+            .db("finishing a notification")?;
+        tx.commit().await
+    }
 }
 
 /// The snapshot on one connection, in the backend's snapshot transaction.
