@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod executor;
 pub mod metrics;
+pub mod notify;
 pub mod provisioner;
 pub mod reconciler;
 pub mod template_input;

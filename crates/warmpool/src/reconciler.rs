@@ -27,6 +27,7 @@ use crate::clock::Clock;
 use crate::config::ReconcilerConfig;
 use crate::executor::{self, chain};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::worker::JobNotify;
 
 /// How many tick records are kept in memory.
@@ -89,6 +90,7 @@ pub struct Reconciler<S: Store> {
     history: Mutex<VecDeque<TickStatus>>,
     observed: RwLock<Option<Arc<Observed>>>,
     metrics: Option<Metrics>,
+    notifier: Option<Notifier<S>>,
 }
 
 impl<S: Store> Reconciler<S> {
@@ -109,7 +111,14 @@ impl<S: Store> Reconciler<S> {
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             observed: RwLock::new(None),
             metrics: None,
+            notifier: None,
         }
+    }
+
+    /// Records webhook notifications from every tick this replica reconciles (under the lock).
+    pub fn with_notifier(mut self, notifier: Notifier<S>) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// Observes every tick this replica reconciles in `warmpool_reconciliation_duration_seconds`.
@@ -188,7 +197,11 @@ impl<S: Store> Reconciler<S> {
                         Ok(snapshot) => {
                             let plan = plan(&snapshot);
                             self.execute(&plan, now, &mut status).await;
-                            self.keep(snapshot, plan);
+                            let observed = Observed { snapshot, plan };
+                            if let Some(notifier) = &self.notifier {
+                                notifier.observe(&observed, now).await;
+                            }
+                            self.keep(observed.snapshot, observed.plan);
                         }
                         Err(err) => {
                             let line = format!("snapshot: {}", chain(&err));

@@ -20,6 +20,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config, Database};
 use crate::executor::chain;
 use crate::metrics::{Metrics, MetricsState};
+use crate::notify::{Notifier, deliver};
 use crate::reconciler::Reconciler;
 use crate::worker::{JobNotify, Workers, listen_postgres, recover_previous_run};
 
@@ -162,7 +163,11 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
             replica_id.clone(),
             jobs.clone(),
         )
-        .with_metrics(metrics.clone()),
+        .with_metrics(metrics.clone())
+        .with_notifier(Notifier {
+            store: Arc::clone(&store),
+            webhooks: config.webhooks.clone(),
+        }),
     );
     let workers = Arc::new(Workers {
         store: Arc::clone(&store),
@@ -197,6 +202,14 @@ async fn serve(file: PathBuf, config: Config) -> Result<(), String> {
         });
     }
     let reconciler_task = tokio::spawn(Arc::clone(&reconciler).run(shutdown.clone()));
+    if !config.webhooks.is_empty() {
+        tokio::spawn(deliver(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            std::time::Duration::from_millis(500),
+            shutdown.clone(),
+        ));
+    }
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
