@@ -30,7 +30,12 @@ enum Command {
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
     /// The reconciler's last ticks, the job queue and the pools.
-    Status(ClientArgs),
+    Status {
+        /// TEMPLATE/PRESET: also print that preset's live plan, with held actions and their reasons.
+        preset: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// The pools: desired, running, eligible, starting, backoff, status.
     Presets(ClientArgs),
     /// Claim a workspace from a preset's pool: TEMPLATE/PRESET.
@@ -103,7 +108,7 @@ pub fn run() -> ExitCode {
         Command::Provisioner(args) => commands::provisioner::run(&args),
         Command::Plan(args) => commands::plan::run(&args),
         Command::Token(command) => commands::token::run(&command),
-        Command::Status(args) => client::status(&args),
+        Command::Status { preset, client: c } => client::status(&c, preset.as_deref()),
         Command::Presets(args) => client::presets(&args),
         Command::Claim { client: c, claim } => client::claim(&c, &claim),
         Command::Workspaces { client: c, filter } => client::workspaces(&c, &filter),

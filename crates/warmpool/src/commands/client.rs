@@ -252,13 +252,24 @@ pub fn presets(args: &ClientArgs) -> ExitCode {
 }
 
 /// `warmpool status`: the reconciler's last ticks, the job queue, and the pools.
-pub fn status(args: &ClientArgs) -> ExitCode {
+pub fn status(args: &ClientArgs, preset: Option<&str>) -> ExitCode {
     finish((|| {
         let client = Client::new(args)?;
+        let plan = match preset {
+            Some(p) => {
+                let (t, p) = split_preset(p)?;
+                Some(client.get(&format!("/api/v1/presets/{t}/{p}/plan"))?)
+            }
+            None => None,
+        };
         let status = client.get("/api/v1/status")?;
         let presets = client.get("/api/v1/presets")?;
         if args.json {
-            client.print(&json!({"status": status, "presets": presets["presets"]}));
+            let mut out = json!({"status": status, "presets": presets["presets"]});
+            if let (Some(plan), Some(map)) = (&plan, out.as_object_mut()) {
+                map.insert("plan".into(), plan.clone());
+            }
+            client.print(&out);
             return Ok(());
         }
         out!(
@@ -309,6 +320,26 @@ pub fn status(args: &ClientArgs) -> ExitCode {
         table(&["TICK", "DURATION", "LOCK", "ACTIONS", "ERRORS"], &ticks);
         out!();
         print_presets(&client, &presets);
+        if let Some(plan) = plan.as_ref().and_then(|p| p["presets"].get(0)) {
+            out!();
+            out!("plan of {}/{}:", s(plan, "template"), s(plan, "preset"));
+            let actions = plan["actions"].as_array().cloned().unwrap_or_default();
+            let held = plan["held"].as_array().cloned().unwrap_or_default();
+            if actions.is_empty() && held.is_empty() {
+                out!("  nothing to do");
+            }
+            for action in &actions {
+                out!("  do    {action}");
+            }
+            for h in &held {
+                let until = h
+                    .get("until")
+                    .and_then(Value::as_str)
+                    .map(|u| format!(" until {u}"))
+                    .unwrap_or_default();
+                out!("  held  {} ({}{until})", h["action"], s(h, "reason"));
+            }
+        }
         Ok(())
     })())
 }
