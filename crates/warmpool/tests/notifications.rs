@@ -22,7 +22,10 @@ use warmpool::notify::{Notifier, deliver};
 use warmpool::reconciler::Reconciler;
 use warmpool_core::duration::Duration;
 
-scenarios!(hard_limit_is_notified_once_and_retried_until_delivered);
+scenarios!(
+    hard_limit_is_notified_once_and_retried_until_delivered,
+    an_empty_pool_is_notified_after_its_threshold_once,
+);
 
 /// A webhook receiver that answers 503 to its first `fail_first` requests and records every request body.
 struct Receiver {
@@ -67,6 +70,10 @@ fn events(bodies: &[Value], event: &str) -> usize {
 }
 
 fn with_notifier<S: Backend>(env: &mut Env<S>, url: &str) {
+    with_notifier_after(env, url, Duration::from_secs(3600));
+}
+
+fn with_notifier_after<S: Backend>(env: &mut Env<S>, url: &str, pool_empty_after: Duration) {
     let webhook = WebhookConfig {
         url: url.to_owned(),
         events: vec![
@@ -76,7 +83,7 @@ fn with_notifier<S: Backend>(env: &mut Env<S>, url: &str) {
             NotificationEvent::Recovered,
             NotificationEvent::PoolEmpty,
         ],
-        pool_empty_after: Duration::from_secs(3600),
+        pool_empty_after,
     };
     env.reconciler = Reconciler::new(
         Arc::clone(&env.store),
@@ -194,4 +201,59 @@ async fn hard_limit_is_notified_once_and_retried_until_delivered<S: Backend>(db:
     assert_eq!(events(&bodies, "recovered"), 1, "{bodies:?}");
     assert_eq!(events(&bodies, "hard_limited"), 1, "{bodies:?}");
     stop.cancel();
+}
+
+async fn an_empty_pool_is_notified_after_its_threshold_once<S: Backend>(db: Db<S>) {
+    let receiver = receiver(0).await;
+    let mut env = Env::new(db, planner(mins(1), mins(60), 3));
+    with_notifier_after(&mut env, &receiver.url, Duration::from_secs(300));
+    let stop = CancellationToken::new();
+    let delivery = tokio::spawn(deliver(
+        Arc::clone(&env.store),
+        Arc::clone(&env.clock) as Arc<dyn Clock>,
+        StdDuration::from_millis(20),
+        stop.clone(),
+    ));
+    env.apply(&template("slow", vec![preset("p", Some(1))]))
+        .await;
+    // The build never finishes: no eligible prebuild. Nothing is sent before `pool_empty_after`.
+    env.tick_ok().await;
+    env.advance(mins(4));
+    env.tick_ok().await;
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    assert_eq!(events(&receiver.bodies.lock().unwrap(), "pool_empty"), 0);
+    // Past it: one `pool_empty`, however many ticks follow.
+    env.advance(mins(2));
+    for _ in 0..3 {
+        env.tick_ok().await;
+        env.advance(secs(10));
+    }
+    wait_until(&env, || {
+        events(&receiver.bodies.lock().unwrap(), "pool_empty") == 1
+    })
+    .await;
+    let body = receiver
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|b| b["event"] == "pool_empty")
+        .cloned()
+        .unwrap();
+    assert_eq!(body["template"], "slow");
+    // The build finishes: `recovered`, once.
+    env.finish_all(succeeded()).await;
+    env.tick_ok().await;
+    env.tick_ok().await;
+    wait_until(&env, || {
+        events(&receiver.bodies.lock().unwrap(), "recovered") == 1
+    })
+    .await;
+    env.tick_ok().await;
+    tokio::time::sleep(StdDuration::from_millis(150)).await;
+    let bodies = receiver.bodies.lock().unwrap().clone();
+    assert_eq!(events(&bodies, "pool_empty"), 1, "{bodies:?}");
+    assert_eq!(events(&bodies, "recovered"), 1, "{bodies:?}");
+    stop.cancel();
+    delivery.await.unwrap();
 }
