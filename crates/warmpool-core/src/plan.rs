@@ -42,6 +42,21 @@ impl PresetPlan {
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty() && self.held.is_empty()
     }
+
+    /// The later end of the two backoffs that hold the preset (the failed-build backoff, executed or held under a
+    /// pause, and the creation-failure backoff of a held create), if either does.
+    pub fn backoff_until(&self) -> Option<DateTime<Utc>> {
+        let db = self
+            .actions
+            .iter()
+            .chain(self.held.iter().map(|h| &h.action))
+            .filter_map(|a| match a {
+                Action::Backoff { until } => Some(*until),
+                _ => None,
+            });
+        let creation = self.held.iter().filter_map(|h| h.until);
+        db.chain(creation).max()
+    }
 }
 
 /// Where `desired` came from.

@@ -22,7 +22,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use warmpool_core::model::PresetStatus;
-use warmpool_core::plan::{Action, HoldReason};
 use warmpool_store::{CounterName, CounterValue, JobCounts};
 
 use crate::reconciler::Observed;
@@ -187,15 +186,7 @@ pub fn render(
             validation_failed
                 .get_or_create(&labels)
                 .set(flag(entry.status == PresetStatus::ValidationFailed));
-            let backing_off = entry
-                .actions
-                .iter()
-                .chain(entry.held.iter().map(|h| &h.action))
-                .any(|a| matches!(a, Action::Backoff { .. }))
-                || entry
-                    .held
-                    .iter()
-                    .any(|h| h.reason == HoldReason::CreationBackoff);
+            let backing_off = entry.backoff_until().is_some();
             backoff.get_or_create(&labels).set(flag(backing_off));
         }
     }

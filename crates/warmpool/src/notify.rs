@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warmpool_core::model::PresetStatus;
-use warmpool_core::plan::{Action, HoldReason, TargetSource, format_timestamp};
+use warmpool_core::plan::{TargetSource, format_timestamp};
 use warmpool_store::{DeliveryOutcome, NotificationChange, Store, StoreError};
 
 use crate::clock::Clock;
@@ -95,15 +95,7 @@ impl<S: Store> Notifier<S> {
                     })
                     .and_then(|s| serde_json::from_value(s.state.clone()).ok())
                     .unwrap_or_default();
-                let backoff = entry
-                    .actions
-                    .iter()
-                    .chain(entry.held.iter().map(|h| &h.action))
-                    .any(|a| matches!(a, Action::Backoff { .. }))
-                    || entry
-                        .held
-                        .iter()
-                        .any(|h| h.reason == HoldReason::CreationBackoff);
+                let backoff = entry.backoff_until().is_some();
                 let empty = entry.state.desired > 0 && entry.state.eligible == 0;
                 let mut next = State {
                     status: entry.status,

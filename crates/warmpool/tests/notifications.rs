@@ -98,6 +98,18 @@ fn with_notifier_after<S: Backend>(env: &mut Env<S>, url: &str, pool_empty_after
     });
 }
 
+/// Starts delivering the environment's outbox; stop it with the token, then await the handle.
+fn spawn_delivery<S: Backend>(env: &Env<S>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let delivery = tokio::spawn(deliver(
+        Arc::clone(&env.store),
+        Arc::clone(&env.clock) as Arc<dyn Clock>,
+        StdDuration::from_millis(20),
+        stop.clone(),
+    ));
+    (stop, delivery)
+}
+
 /// Advances the manual clock until `done` (retries become due), with a liveness guard.
 async fn wait_until<S: Backend>(env: &Env<S>, mut done: impl FnMut() -> bool) {
     for _ in 0..400 {
@@ -114,13 +126,7 @@ async fn hard_limit_is_notified_once_and_retried_until_delivered<S: Backend>(db:
     let receiver = receiver(2).await;
     let mut env = Env::new(db, planner(mins(1), mins(60), 1));
     with_notifier(&mut env, &receiver.url);
-    let stop = CancellationToken::new();
-    let delivery = tokio::spawn(deliver(
-        Arc::clone(&env.store),
-        Arc::clone(&env.clock) as Arc<dyn Clock>,
-        StdDuration::from_millis(20),
-        stop.clone(),
-    ));
+    let (stop, delivery) = spawn_delivery(&env);
 
     env.apply(&template("flaky", vec![preset("p", Some(1))]))
         .await;
@@ -164,13 +170,7 @@ async fn hard_limit_is_notified_once_and_retried_until_delivered<S: Backend>(db:
     delivery.await.unwrap();
     let mut env = env.restart().await;
     with_notifier(&mut env, &receiver.url);
-    let stop = CancellationToken::new();
-    tokio::spawn(deliver(
-        Arc::clone(&env.store),
-        Arc::clone(&env.clock) as Arc<dyn Clock>,
-        StdDuration::from_millis(20),
-        stop.clone(),
-    ));
+    let (stop, delivery) = spawn_delivery(&env);
     for _ in 0..3 {
         env.tick().await;
         env.advance(secs(30));
@@ -201,19 +201,14 @@ async fn hard_limit_is_notified_once_and_retried_until_delivered<S: Backend>(db:
     assert_eq!(events(&bodies, "recovered"), 1, "{bodies:?}");
     assert_eq!(events(&bodies, "hard_limited"), 1, "{bodies:?}");
     stop.cancel();
+    delivery.await.unwrap();
 }
 
 async fn an_empty_pool_is_notified_after_its_threshold_once<S: Backend>(db: Db<S>) {
     let receiver = receiver(0).await;
     let mut env = Env::new(db, planner(mins(1), mins(60), 3));
     with_notifier_after(&mut env, &receiver.url, Duration::from_secs(300));
-    let stop = CancellationToken::new();
-    let delivery = tokio::spawn(deliver(
-        Arc::clone(&env.store),
-        Arc::clone(&env.clock) as Arc<dyn Clock>,
-        StdDuration::from_millis(20),
-        stop.clone(),
-    ));
+    let (stop, delivery) = spawn_delivery(&env);
     env.apply(&template("slow", vec![preset("p", Some(1))]))
         .await;
     // The build never finishes: no eligible prebuild. Nothing is sent before `pool_empty_after`.

@@ -11,12 +11,12 @@ use axum::response::{IntoResponse, Response};
 use warmpool_core::plan::{TargetSource, format_timestamp};
 use warmpool_store::Store;
 
+use super::AppState;
 use super::error::{ApiError, parse_body};
 use super::views::{
     ErrorBody, Invalidated, PlanAnswer, PresetList, PresetPool, PresetSettings,
     PresetSettingsAnswer,
 };
-use super::{AppState, views};
 
 /// The pools: every active preset with a pool, and inactive presets that still have prebuilds.
 #[utoipa::path(
@@ -54,7 +54,7 @@ pub async fn list<S: Store>(
             state: entry.state,
             status: entry.status,
             paused: preset.paused,
-            backoff_until: views::backoff_until(entry).map(|until| format_timestamp(&until)),
+            backoff_until: entry.backoff_until().map(|until| format_timestamp(&until)),
         })
         .collect();
     Ok(Json(PresetList { presets }).into_response())

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 use warmpool_core::model::PresetStatus;
-use warmpool_core::plan::{Action, PresetPlan, PresetState, format_timestamp};
+use warmpool_core::plan::{PresetPlan, PresetState, format_timestamp};
 use warmpool_core::template::ProvisionerKind;
 use warmpool_store::{BuildRecord, TemplateInfo, WorkspaceRecord};
 
@@ -416,18 +416,4 @@ pub struct ErrorBody {
     pub code: String,
     #[schema(example = "presets[0].ttl: invalid duration \"1w\"")]
     pub message: String,
-}
-
-/// The later of the two backoffs of a plan entry, if any.
-pub fn backoff_until(plan: &PresetPlan) -> Option<chrono::DateTime<chrono::Utc>> {
-    let db = plan
-        .actions
-        .iter()
-        .chain(plan.held.iter().map(|h| &h.action))
-        .filter_map(|a| match a {
-            Action::Backoff { until } => Some(*until),
-            _ => None,
-        });
-    let creation = plan.held.iter().filter_map(|h| h.until);
-    db.chain(creation).max()
 }
