@@ -1,4 +1,5 @@
-//! Webhook notifications (SPEC section 8): a preset entering `hard_limited`, `validation_failed` or backoff, a
+//! Webhook notifications (SPEC section 8): a preset entering `hard_limited` or `validation_failed`, entering or
+//! leaving backoff (event `backoff`, told apart by `detail`), a
 //! pool with `desired > 0` staying without an eligible prebuild for `pool_empty_after`, and `recovered` when a
 //! preset that was notified about is again healthy, not backing off, with an eligible prebuild.
 //!
@@ -31,6 +32,9 @@ use crate::reconciler::Observed;
 /// The first retry of a failed delivery; doubling up to [`MAX_RETRY`].
 pub const FIRST_RETRY: TimeDelta = TimeDelta::seconds(1);
 pub const MAX_RETRY: TimeDelta = TimeDelta::minutes(5);
+/// The `detail` of the `backoff` event when a preset enters, and when it leaves, backoff.
+pub const BACKOFF_ENTERED: &str = "backoff started: creation is held after failures";
+pub const BACKOFF_LEFT: &str = "backoff ended";
 /// A payload not delivered this long after it was queued is given up.
 pub const GIVE_UP_AFTER: TimeDelta = TimeDelta::hours(1);
 
@@ -126,10 +130,7 @@ impl<S: Store> Notifier<S> {
                     ));
                 }
                 if next.backoff && !previous.backoff {
-                    events.push((
-                        NotificationEvent::Backoff,
-                        "creation is held after failures".into(),
-                    ));
+                    events.push((NotificationEvent::Backoff, BACKOFF_ENTERED.into()));
                 }
                 if let Some(since) = next.empty_since
                     && !next.empty_notified
@@ -143,7 +144,15 @@ impl<S: Store> Notifier<S> {
                 }
                 if !events.is_empty() {
                     next.troubled = true;
-                } else if previous.troubled
+                }
+                // Leaving backoff is a change of state too, but not trouble: it does not hold back `recovered`.
+                if previous.backoff && !next.backoff {
+                    events.push((NotificationEvent::Backoff, BACKOFF_LEFT.into()));
+                }
+                let only_left_backoff =
+                    events.iter().all(|(e, _)| *e == NotificationEvent::Backoff) && !next.backoff;
+                if only_left_backoff
+                    && previous.troubled
                     && next.status == PresetStatus::Healthy
                     && !next.backoff
                     && entry.state.eligible > 0

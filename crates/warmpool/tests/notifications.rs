@@ -18,7 +18,7 @@ use support::*;
 use tokio_util::sync::CancellationToken;
 use warmpool::clock::Clock;
 use warmpool::config::{NotificationEvent, WebhookConfig};
-use warmpool::notify::{Notifier, deliver};
+use warmpool::notify::{BACKOFF_ENTERED, BACKOFF_LEFT, Notifier, deliver};
 use warmpool::reconciler::Reconciler;
 use warmpool_core::duration::Duration;
 
@@ -141,10 +141,24 @@ async fn hard_limit_is_notified_once_and_retried_until_delivered<S: Backend>(db:
         events(&receiver.bodies.lock().unwrap(), "hard_limited") == 1
     })
     .await;
+    // Entering backoff, then (the failed build's backoff is over by now) leaving it: one `backoff` each.
     wait_until(&env, || {
-        events(&receiver.bodies.lock().unwrap(), "backoff") == 1
+        events(&receiver.bodies.lock().unwrap(), "backoff") == 2
     })
     .await;
+    let details: Vec<Value> = receiver
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| b["event"] == "backoff")
+        .map(|b| b["detail"].clone())
+        .collect();
+    assert!(
+        details.contains(&Value::from(BACKOFF_ENTERED)),
+        "{details:?}"
+    );
+    assert!(details.contains(&Value::from(BACKOFF_LEFT)), "{details:?}");
     assert!(
         receiver.requests.load(Ordering::SeqCst) >= 4,
         "the first two deliveries failed and were retried"
@@ -200,6 +214,7 @@ async fn hard_limit_is_notified_once_and_retried_until_delivered<S: Backend>(db:
     let bodies = receiver.bodies.lock().unwrap().clone();
     assert_eq!(events(&bodies, "recovered"), 1, "{bodies:?}");
     assert_eq!(events(&bodies, "hard_limited"), 1, "{bodies:?}");
+    assert_eq!(events(&bodies, "backoff"), 2, "{bodies:?}");
     stop.cancel();
     delivery.await.unwrap();
 }
