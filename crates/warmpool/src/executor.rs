@@ -6,14 +6,14 @@
 //! the template's `max_workspaces` quota is full) increments the preset's persisted failure record, and every
 //! successful one clears it (the store does that in the creating transaction). As in the seed, a `create N` makes
 //! all N attempts; the record holds creation from the next tick on, which the planner decides. A preset that can
-//! never build — a required parameter without a value — is marked `validation_failed` instead and creates nothing
-//! until a new version.
+//! never build — a required parameter without a value — is stored as `validation_failed` when its version is
+//! created (the store knows both parameter lists then, and they never change), so the planner holds its creates
+//! until a new version; the executor never re-checks it.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use tracing::{debug, error, info, warn};
-use warmpool_core::model::PresetStatus;
 use warmpool_core::plan::{Action, PresetPlan};
 use warmpool_store::{Store, StoreError};
 
@@ -38,28 +38,6 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-/// The required parameters the preset leaves without a value, read from the active version.
-async fn missing_parameters<S: Store>(
-    store: &S,
-    plan: &PresetPlan,
-) -> Result<Vec<String>, StoreError> {
-    let Some(template) = store.get_template(&plan.template).await? else {
-        return Ok(Vec::new());
-    };
-    let Some(version) = template.versions.iter().find(|v| v.active) else {
-        return Ok(Vec::new());
-    };
-    let Some(preset) = version.presets.iter().find(|p| p.id == plan.id) else {
-        return Ok(Vec::new());
-    };
-    Ok(version
-        .parameters
-        .iter()
-        .filter(|p| p.required && p.default.is_none() && !preset.parameters.contains_key(&p.name))
-        .map(|p| p.name.clone())
-        .collect())
 }
 
 /// Executes `plan.actions` in order. Errors are collected, logged once here with their cause chain, and never stop
@@ -123,31 +101,6 @@ pub async fn execute_preset<S: Store>(
             Action::Create { count } => {
                 // Defend against a plan that asks for more than the target (it never should).
                 let count = (*count).min(plan.state.desired);
-                match missing_parameters(store, plan).await {
-                    Ok(missing) if !missing.is_empty() => {
-                        warn!(template = %plan.template, preset = %plan.preset, missing = ?missing, "preset cannot build: required parameters without a value");
-                        match store
-                            .set_preset_status(preset, PresetStatus::ValidationFailed, now)
-                            .await
-                        {
-                            Ok(()) => {
-                                *result.done.entry("set_status").or_default() += 1;
-                                result.wrote = true;
-                            }
-                            Err(err) => fail(&mut result, "set status", &err),
-                        }
-                        result.errors.push(format!(
-                            "{}/{}: missing required parameters {missing:?}",
-                            plan.template, plan.preset
-                        ));
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        fail(&mut result, "read the template", &err);
-                        continue;
-                    }
-                }
                 for _ in 0..count {
                     match store.create_prebuild(preset, now).await {
                         Ok(created) => {
